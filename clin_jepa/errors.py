@@ -1,0 +1,35 @@
+"""Errors a user can act on.
+
+Every failure caused by input (a config value, a dataset, a checkpoint, a missing file) is raised as a
+subclass of :class:`ClinJepaError`. The CLI and the Flower apps catch exactly this type and print its
+message as one paragraph with a non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ClinJepaError(Exception):
+    """Base class: the message is written for the person who has to fix the input."""
+
+
+class ConfigError(ClinJepaError):
+    """A config file or value is invalid; the message names the key path and the allowed values."""
+
+
+class DataValidationError(ClinJepaError):
+    """A dataset broke the data contract; ``problems`` holds every problem found, not only the first."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(f"{source}: {len(self.problems)} problem(s) found:\n{shown}{more}")
+
+
+class CheckpointError(ClinJepaError):
+    """A checkpoint is missing, corrupt, tampered with, unsigned, or does not match the data."""
+
+
+class PrivacyBudgetExceeded(ClinJepaError):
+    """A site's next round would spend more privacy budget than its config allows."""
