@@ -1,0 +1,91 @@
+"""Rollout drift: how far the predictor's own autoregressive rollout strays from the target encoder.
+
+Conventions shared by every function here (and by :mod:`clin_jepa.evaluation.geometry`):
+
+* Hours are indexed from 0 at stay start; the prediction time is the end of hour index ``context - 1``
+  (``context = 24``: hours 0..23 are observed). Horizon hour ``h`` (1-based) is hour index
+  ``context - 1 + h``, so a 72-hour grid carries horizons 1..48.
+* Latents are compared after ``layer_norm`` over the feature dimension, the space the training loss
+  uses for its targets, so a model cannot look better by shrinking its latent scale.
+* A horizon hour counts for a stay only if that hour lies inside the stay (``mask``); hours after
+  discharge or death are excluded, never imputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EARLY = (1, 6)
+LATE = (43, 48)
+
+
+def drift_curve(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean latent L1 per horizon hour.
+
+    ``pred`` and ``target`` are (N, H, D) latents for horizons 1..H, ``valid`` is (N, H) bool. The L1 is
+    the mean absolute difference over D (the training loss's scale), averaged over the valid stays of each
+    horizon. Returns (curve (H,), counts (H,)); a horizon with no valid stay is NaN.
+    """
+    if pred.shape != target.shape or pred.shape[:2] != valid.shape:
+        raise ValueError(f"shape mismatch: pred {pred.shape}, target {target.shape}, valid {valid.shape}")
+    err = np.abs(pred.astype(np.float64) - target.astype(np.float64)).mean(axis=2)
+    counts = valid.sum(axis=0)
+    total = np.where(valid, err, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+    return curve, counts
+
+
+def relative_change(curve: np.ndarray, early: tuple[int, int] = EARLY, late: tuple[int, int] = LATE) -> float:
+    """(late − early) / early on the mean of 1-based inclusive horizon windows; negative = converges.
+
+    NaN when either window is empty or the early error is zero (a perfect early predictor has no scale
+    to be relative to).
+    """
+    e = _window_mean(curve, early)
+    lt = _window_mean(curve, late)
+    if not np.isfinite(e) or not np.isfinite(lt) or e == 0.0:
+        return float("nan")
+    return float((lt - e) / e)
+
+
+def _window_mean(curve: np.ndarray, window: tuple[int, int]) -> float:
+    lo, hi = window
+    part = np.asarray(curve, dtype=np.float64)[lo - 1 : hi]
+    part = part[np.isfinite(part)]
+    return float(part.mean()) if part.size else float("nan")
+
+
+Predictor = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def layer_norm(z: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(z, (z.shape[-1],))
+
+
+@torch.no_grad()
+def autoregressive_rollout(
+    predictor: Predictor, z_context: torch.Tensor, batch: dict[str, torch.Tensor], horizon: int
+) -> torch.Tensor:
+    """Roll ``predictor`` forward ``horizon`` hours from the context latents, feeding its own outputs.
+
+    ``z_context`` is (B, c, D), the latents of hours 0..c-1. At each step the predictor sees the sequence
+    so far and ``batch`` cut to the same length (so it conditions on the true treatments of the hours it
+    is allowed to see, if it uses them); its last output is taken as the next hour's latent. Returns
+    (B, horizon, D) predictions for hours c..c+horizon-1. The predictor is causal, so recomputing the
+    whole prefix each step gives the same result as a cache, only slower; clarity wins at eval sizes.
+    """
+    seq = z_context
+    c = z_context.shape[1]
+    outs = []
+    for step in range(horizon):
+        length = c + step
+        sub = {k: (v[:, :length] if v.dim() >= 2 and k != "labels" else v) for k, v in batch.items()}
+        nxt = predictor(seq, sub)[:, -1:]
+        outs.append(nxt)
+        seq = torch.cat([seq, nxt], dim=1)
+    return torch.cat(outs, dim=1)

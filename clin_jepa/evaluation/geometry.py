@@ -1,0 +1,75 @@
+"""Latent geometry: do deteriorating stays travel further in latent space than stable ones?
+
+Cohorts (defined on the task labels so they exist on real data, not only on the synthetic generator):
+
+* **deteriorating** — any task label is 1 (in-ICU death after 24 h, or any abnormal-lab / hypotension
+  label in its window);
+* **stable** — every *defined* task label is 0 and at least one is defined (NaN = task not measured);
+* everything else (all labels undefined) is left out of both cohorts.
+
+Displacement of a stay is the Euclidean distance between its layer-normed target-encoder latent at the
+prediction time (hour index ``context - 1``) and at its last in-stay hour of the horizon. Stays that end at
+the prediction time have no horizon and no displacement (NaN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+STABLE, DETERIORATING, UNDEFINED = 0, 1, -1
+
+
+def cohorts(labels: np.ndarray) -> np.ndarray:
+    """(N, n_tasks) 0/1/NaN labels -> (N,) int8 of STABLE / DETERIORATING / UNDEFINED."""
+    labels = np.asarray(labels, dtype=np.float64)
+    positive = (np.nan_to_num(labels, nan=0.0) > 0.5).any(axis=1)
+    defined = np.isfinite(labels).any(axis=1)
+    out = np.full(len(labels), UNDEFINED, dtype=np.int8)
+    out[defined & ~positive] = STABLE
+    out[positive] = DETERIORATING
+    return out
+
+
+def displacement(z: np.ndarray, mask: np.ndarray, context: int = 24) -> np.ndarray:
+    """(N, T, D) latents and (N, T) in-stay mask -> (N,) endpoint displacement after the prediction time."""
+    n, t, _ = z.shape
+    in_horizon = mask[:, context:]
+    has = in_horizon.any(axis=1)
+    # index of the last in-stay hour within the horizon; stays are contiguous from hour 0
+    last = context + (t - context - 1) - np.argmax(in_horizon[:, ::-1], axis=1)
+    start = z[:, context - 1]
+    end = z[np.arange(n), last]
+    d = np.linalg.norm(end.astype(np.float64) - start.astype(np.float64), axis=1)
+    return np.where(has, d, np.nan)
+
+
+def displacement_ratio(disp: np.ndarray, cohort: np.ndarray) -> dict[str, float]:
+    """Mean displacement of deteriorating stays ÷ that of stable stays, with the two means and counts.
+
+    The ratio is NaN when either cohort has no stay with a horizon or the stable mean is zero.
+    """
+    det = disp[(cohort == DETERIORATING) & np.isfinite(disp)]
+    sta = disp[(cohort == STABLE) & np.isfinite(disp)]
+    m_det = float(det.mean()) if det.size else float("nan")
+    m_sta = float(sta.mean()) if sta.size else float("nan")
+    ratio = m_det / m_sta if det.size and sta.size and m_sta > 0 else float("nan")
+    return {
+        "ratio": float(ratio),
+        "mean_deteriorating": m_det,
+        "mean_stable": m_sta,
+        "n_deteriorating": int(det.size),
+        "n_stable": int(sta.size),
+    }
+
+
+def projection_2d(z: np.ndarray, mask: np.ndarray, context: int = 24, seed: int = 0) -> np.ndarray:
+    """PCA of all in-stay hourly latents of the horizon onto 2-D; returns the (N, T, 2) projection.
+
+    Fitting on the horizon hours (from the prediction time on) keeps the axes about the movement the
+    displacement measures. Out-of-stay hours are projected too but should not be drawn.
+    """
+    n, t, d = z.shape
+    pts = z[:, context - 1 :][mask[:, context - 1 :]]
+    pca = PCA(n_components=2, random_state=seed).fit(pts.astype(np.float64))
+    return pca.transform(z.reshape(n * t, d).astype(np.float64)).reshape(n, t, 2)

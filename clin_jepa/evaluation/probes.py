@@ -1,0 +1,120 @@
+"""Linear probes and their scores: scikit-learn does the fitting and the metrics, this module the plumbing.
+
+A probe is a standardized logistic regression fit on the train split and scored on held_out. Per task,
+only stays with a defined label (not NaN) take part. A task whose train or held_out labels have a single
+class is skipped with a note, since neither fitting nor AUROC is defined there.
+
+Confidence intervals are percentile bootstrap intervals over held_out stays, seeded; resamples that
+happen to hold a single class are discarded (and counted) rather than scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+METRICS: dict[str, Metric] = {"auroc": roc_auc_score, "auprc": average_precision_score}
+
+
+def bootstrap_ci(
+    y: np.ndarray, score: np.ndarray, metric: Metric, n_boot: int = 200, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile bootstrap (1 − alpha) interval of ``metric(y, score)``; (nan, nan) if n_boot is 0."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        yb = y[idx]
+        if yb.min() == yb.max():
+            continue
+        vals.append(metric(yb, score[idx]))
+    if not vals:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+@dataclass
+class TaskScore:
+    """Scores of one task; ``skipped`` holds the reason when the task could not be scored."""
+
+    task: str
+    n_train: int = 0
+    n_test: int = 0
+    n_test_pos: int = 0
+    auroc: float = float("nan")
+    auroc_ci: tuple[float, float] = (float("nan"), float("nan"))
+    auprc: float = float("nan")
+    auprc_ci: tuple[float, float] = (float("nan"), float("nan"))
+    skipped: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ProbeResult:
+    tasks: list[TaskScore] = field(default_factory=list)
+
+    @property
+    def mean_auroc(self) -> float:
+        vals = [t.auroc for t in self.tasks if t.skipped is None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"mean_auroc": self.mean_auroc, "tasks": {t.task: t.to_dict() for t in self.tasks}}
+
+
+def score_task(
+    task: str, y_test: np.ndarray, p_test: np.ndarray, n_train: int, n_boot: int, seed: int
+) -> TaskScore:
+    """AUROC/AUPRC of held_out probabilities with bootstrap intervals (labels already filtered)."""
+    out = TaskScore(task, n_train=n_train, n_test=len(y_test), n_test_pos=int(y_test.sum()))
+    out.auroc = float(roc_auc_score(y_test, p_test))
+    out.auprc = float(average_precision_score(y_test, p_test))
+    out.auroc_ci = bootstrap_ci(y_test, p_test, roc_auc_score, n_boot, seed)
+    out.auprc_ci = bootstrap_ci(y_test, p_test, average_precision_score, n_boot, seed)
+    return out
+
+
+def single_class_reason(y_train: np.ndarray, y_test: np.ndarray) -> str | None:
+    for name, y in (("train", y_train), ("held_out", y_test)):
+        if len(y) == 0:
+            return f"no {name} stay has this label defined"
+        if y.min() == y.max():
+            return f"{name} split has a single class ({int(y[0])}, n={len(y)})"
+    return None
+
+
+def fit_linear_probes(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    task_names: Sequence[str],
+    n_boot: int = 200,
+    seed: int = 0,
+) -> ProbeResult:
+    """One standardized LogisticRegression per task on fixed features; labels (N, n_tasks) 0/1/NaN."""
+    result = ProbeResult()
+    for j, task in enumerate(task_names):
+        tr = np.isfinite(y_train[:, j])
+        te = np.isfinite(y_test[:, j])
+        ytr, yte = y_train[tr, j].astype(int), y_test[te, j].astype(int)
+        reason = single_class_reason(ytr, yte)
+        if reason is not None:
+            result.tasks.append(TaskScore(task, n_train=len(ytr), n_test=len(yte), skipped=reason))
+            continue
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+        clf.fit(x_train[tr], ytr)
+        p = clf.predict_proba(x_test[te])[:, 1]
+        result.tasks.append(score_task(task, yte, p, len(ytr), n_boot, seed + j))
+    return result

@@ -1,0 +1,192 @@
+"""Metric functions on hand-made latents and labels whose answers are known in advance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from clin_jepa.evaluation.baselines import GRUSettings, gru_baseline, hourly_inputs, last_value_features
+from clin_jepa.evaluation.drift import autoregressive_rollout, drift_curve, relative_change
+from clin_jepa.evaluation.geometry import (
+    DETERIORATING,
+    STABLE,
+    UNDEFINED,
+    cohorts,
+    displacement,
+    displacement_ratio,
+    projection_2d,
+)
+from clin_jepa.evaluation.probes import bootstrap_ci, fit_linear_probes
+
+RNG = np.random.default_rng(0)
+
+
+def _walk(n=20, h=48, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.normal(size=(n, h, d)), axis=1)
+
+
+def test_perfect_predictor_has_zero_drift():
+    z = _walk()
+    valid = np.ones(z.shape[:2], bool)
+    curve, counts = drift_curve(z, z, valid)
+    assert np.all(curve == 0.0) and np.all(counts == 20)
+
+
+def test_diverging_predictor_grows_and_converging_one_shrinks():
+    z = _walk()
+    valid = np.ones(z.shape[:2], bool)
+    hours = np.arange(1, 49)[None, :, None]
+    diverging = z + 0.1 * hours * RNG.choice([-1, 1], size=z.shape)
+    curve, _ = drift_curve(diverging, z, valid)
+    assert np.all(np.diff(curve) > 0)
+    assert relative_change(curve) > 0
+    converging = z + (1.0 / hours) * RNG.choice([-1, 1], size=z.shape)
+    curve2, _ = drift_curve(converging, z, valid)
+    assert relative_change(curve2) < 0
+    # exact value: |err| is 1/h on every coordinate
+    early = np.mean(1.0 / np.arange(1, 7))
+    late = np.mean(1.0 / np.arange(43, 49))
+    assert relative_change(curve2) == pytest.approx((late - early) / early)
+
+
+def test_drift_curve_ignores_hours_outside_the_stay():
+    z = np.zeros((2, 48, 4))
+    pred = np.zeros_like(z)
+    pred[1, 10:] = 100.0  # garbage after stay 1 ended
+    valid = np.ones((2, 48), bool)
+    valid[1, 10:] = False
+    curve, counts = drift_curve(pred, z, valid)
+    assert np.all(curve == 0.0)
+    assert counts[9] == 2 and counts[10] == 1
+    valid[:, 47] = False
+    curve, _ = drift_curve(pred, z, valid)
+    assert np.isnan(curve[47])
+
+
+def test_relative_change_undefined_without_scale():
+    assert np.isnan(relative_change(np.zeros(48)))
+    assert np.isnan(relative_change(np.full(48, np.nan)))
+
+
+def test_rollout_feeds_back_its_own_predictions():
+    # predictor "next = last + 1" on a scalar latent: rolling from context value c gives c+1, c+2, ...
+    def predictor(z, batch):
+        assert batch["bins"].shape[1] == z.shape[1]
+        return z + 1.0
+
+    z0 = torch.zeros(3, 24, 2)
+    z0[:, -1] = 5.0
+    batch = {"bins": torch.zeros(3, 72, 4, dtype=torch.long), "labels": torch.zeros(3, 8)}
+    out = autoregressive_rollout(predictor, z0, batch, horizon=48)
+    assert out.shape == (3, 48, 2)
+    assert torch.allclose(out[0, :, 0], 5.0 + torch.arange(1, 49, dtype=torch.float32))
+
+
+def test_cohorts_from_labels():
+    nan = np.nan
+    labels = np.array([[0, 0, nan], [0, 1, nan], [nan, nan, nan], [1, nan, 0], [0, 0, 0]])
+    assert cohorts(labels).tolist() == [STABLE, DETERIORATING, UNDEFINED, DETERIORATING, STABLE]
+
+
+def test_displacement_and_ratio_of_constructed_cohorts():
+    n, t, d = 6, 72, 3
+    z = np.zeros((n, t, d))
+    mask = np.ones((n, t), bool)
+    # stable stays move 1 unit after hour 23, deteriorating ones 3 units; one of them ends at hour 40
+    z[:3, 24:, 0] = 1.0
+    z[3:, 24:, 0] = 3.0
+    mask[5, 41:] = False
+    z[5, 41:, 0] = 100.0  # outside the stay: must not count
+    cohort = np.array([STABLE] * 3 + [DETERIORATING] * 3)
+    disp = displacement(z, mask)
+    assert disp == pytest.approx([1, 1, 1, 3, 3, 3])
+    r = displacement_ratio(disp, cohort)
+    assert r["ratio"] == pytest.approx(3.0)
+    assert (r["n_stable"], r["n_deteriorating"]) == (3, 3)
+    # a stay that ends at the prediction time has no displacement
+    mask[0, 24:] = False
+    assert np.isnan(displacement(z, mask)[0])
+    assert np.isnan(displacement_ratio(disp, np.full(n, STABLE))["ratio"])
+
+
+def test_projection_is_2d():
+    z = _walk(n=10, h=72)
+    proj = projection_2d(z, np.ones((10, 72), bool))
+    assert proj.shape == (10, 72, 2) and np.isfinite(proj).all()
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows_with_n():
+    def sample(n, seed):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 2, n)
+        return y, y * 1.0 + rng.normal(scale=1.0, size=n)
+
+    widths = []
+    for n in (60, 2000):
+        y, s = sample(n, 1)
+        lo, hi = bootstrap_ci(y, s, roc_auc_score, n_boot=200, seed=3)
+        assert lo <= roc_auc_score(y, s) <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+    # seeded: same interval twice
+    y, s = sample(100, 2)
+    assert bootstrap_ci(y, s, roc_auc_score, 50, 7) == bootstrap_ci(y, s, roc_auc_score, 50, 7)
+
+
+def test_probe_auroc_matches_sklearn_and_skips_single_class_tasks():
+    rng = np.random.default_rng(5)
+    n, d = 400, 5
+    x = rng.normal(size=(n, d))
+    y0 = (x[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(float)
+    y1 = np.zeros(n)  # single class everywhere
+    y2 = rng.integers(0, 2, n).astype(float)
+    y2[::3] = np.nan  # undefined for a third of the stays
+    y = np.stack([y0, y1, y2], axis=1)
+    res = fit_linear_probes(x[:300], y[:300], x[300:], y[300:], ["a", "b", "c"], n_boot=50)
+    a, b, c = res.tasks
+    assert a.auroc > 0.85 and a.auroc_ci[0] <= a.auroc <= a.auroc_ci[1]
+    assert b.skipped and "single class" in b.skipped
+    assert 0.3 < c.auroc < 0.7 and c.n_test == int(np.isfinite(y[300:, 2]).sum())
+    assert res.mean_auroc == pytest.approx((a.auroc + c.auroc) / 2)
+    # the same fit done by hand with sklearn gives the same AUROC
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[:300], y0[:300])
+    assert a.auroc == pytest.approx(roc_auc_score(y0[300:], clf.predict_proba(x[300:])[:, 1]))
+
+
+def _toy_stays(n=300, t=72, c=3, k=2, n_bins=4, seed=0):
+    rng = np.random.default_rng(seed)
+    bins = rng.integers(0, n_bins + 1, size=(n, t, c)).astype(np.int16)
+    treat = (rng.random((n, t, k)) < 0.1).astype(np.float32)
+    time = rng.random((n, t, 4)).astype(np.float32)
+    # label: last observed bin of concept 0 in the first 24 h is high
+    feats = last_value_features(bins, treat, time, n_bins)
+    last0 = feats[:, : n_bins + 1].argmax(axis=1)
+    y = (last0 >= 3).astype(np.float32)[:, None]
+    return bins, treat, time, y, feats
+
+
+def test_last_value_features_pick_last_observation_and_missing():
+    bins = np.zeros((1, 72, 2), np.int16)
+    bins[0, 3, 0], bins[0, 20, 0], bins[0, 30, 0] = 2, 4, 1  # hour 30 is after the prediction time
+    treat, time = np.zeros((1, 72, 1), np.float32), np.full((1, 72, 4), 0.5, np.float32)
+    feats = last_value_features(bins, treat, time, 4)
+    assert feats.shape == (1, 2 * 5 + 1 + 1)
+    assert feats[0, :5].tolist() == [0, 0, 0, 0, 1]  # concept 0: bin 4
+    assert feats[0, 5:10].tolist() == [1, 0, 0, 0, 0]  # concept 1: never observed
+    assert feats[0, -1] == 0.5
+
+
+def test_gru_baseline_learns_a_learnable_task():
+    torch.manual_seed(0)
+    bins, treat, time, y, _ = _toy_stays()
+    x = hourly_inputs(bins, treat, time, 4)
+    res = gru_baseline(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], ["hi"], n_boot=20,
+                       settings=GRUSettings(hidden=16, epochs=15))
+    assert res.tasks[0].auroc > 0.8
