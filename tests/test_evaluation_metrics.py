@@ -190,3 +190,33 @@ def test_gru_baseline_learns_a_learnable_task():
     res = gru_baseline(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], ["hi"], n_boot=20,
                        settings=GRUSettings(hidden=16, epochs=15))
     assert res.tasks[0].auroc > 0.8
+
+
+def test_report_writer_on_hand_made_metrics(tmp_path):
+    import json
+
+    from clin_jepa.evaluation.report import PLOTS, write_report
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 3)), (rng.random((200, 2)) < 0.4).astype(float)
+    probes = fit_linear_probes(x[:100], y[:100], x[100:], y[100:], ["t1", "t2"], n_boot=10).to_dict()
+    curve = np.linspace(1.0, 0.5, 48)
+    curve[-1] = np.nan
+    model = {"drift": {"curve": curve, "relative_change": relative_change(curve)},
+             "geometry": {"ratio": 2.0}, "probes": probes}
+    metrics = {"settings": {"context": 24, "bootstrap": 10, "embedding": "e", "cohorts": "c"},
+               "data": {"sites": ["a"], "discretization": "f" * 64, "tasks": ["t1", "t2"],
+                        "n_stays": {"train": 100, "held_out": 100}},
+               "models": {"m1": model}, "baselines": {"gru": {"probes": probes}}, "notes": ["hello"]}
+    z = _walk(n=10, h=72)
+    mask = np.ones((10, 72), bool)
+    cohort = np.array([STABLE, DETERIORATING] * 5)
+    files = write_report(tmp_path, metrics, {"m1": (projection_2d(z, mask), mask, cohort)})
+    assert {f.name for f in files} == {"metrics.json", "report.md", *PLOTS}
+    assert all(f.stat().st_size > 0 for f in files)
+    loaded = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN became null
+    assert loaded["models"]["m1"]["drift"]["curve"][-1] is None
+    md = (tmp_path / "report.md").read_text()
+    assert f"| m1 | {100 * relative_change(curve):+.1f} % | 2.000 |" in md
+    assert "| gru | – | – |" in md and "hello" in md
+    assert (tmp_path / PLOTS[0]).read_bytes()[:4] == b"\x89PNG"

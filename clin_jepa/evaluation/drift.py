@@ -73,19 +73,17 @@ def autoregressive_rollout(
 ) -> torch.Tensor:
     """Roll ``predictor`` forward ``horizon`` hours from the context latents, feeding its own outputs.
 
-    ``z_context`` is (B, c, D), the latents of hours 0..c-1. At each step the predictor sees the sequence
-    so far and ``batch`` cut to the same length (so it conditions on the true treatments of the hours it
-    is allowed to see, if it uses them); its last output is taken as the next hour's latent. Returns
-    (B, horizon, D) predictions for hours c..c+horizon-1. The predictor is causal, so recomputing the
-    whole prefix each step gives the same result as a cache, only slower; clarity wins at eval sizes.
+    ``z_context`` is (B, c, D), the latents of hours 0..c-1; ``batch`` holds the stays' hourly inputs
+    for at least c + horizon hours. Row t of the predictor's output guesses hour t+1 and may read hour
+    t+1's true treatments from ``batch``, so each step runs the predictor on the sequence so far plus one
+    placeholder row, with ``batch`` cut to that length, and keeps row t. The placeholder cannot leak into
+    row t because the predictor is causal. Returns (B, horizon, D) guesses for hours c..c+horizon-1.
+    Recomputing the prefix each step equals a KV cache, only slower; clarity wins at evaluation sizes.
     """
-    seq = z_context
-    c = z_context.shape[1]
-    outs = []
+    b, c, d = z_context.shape
+    seq = torch.cat([z_context, z_context.new_zeros(b, horizon, d)], dim=1)
     for step in range(horizon):
-        length = c + step
-        sub = {k: (v[:, :length] if v.dim() >= 2 and k != "labels" else v) for k, v in batch.items()}
-        nxt = predictor(seq, sub)[:, -1:]
-        outs.append(nxt)
-        seq = torch.cat([seq, nxt], dim=1)
-    return torch.cat(outs, dim=1)
+        t = c + step - 1
+        sub = {k: v[:, : t + 2] for k, v in batch.items() if k != "labels" and v.dim() >= 2}
+        seq[:, t + 1] = predictor(seq[:, : t + 2], sub)[:, t]
+    return seq[:, c:].clone()

@@ -1,0 +1,60 @@
+"""``clin-jepa evaluate``: drift, geometry, probes and baselines of checkpoints on sites' held-out stays."""
+
+from __future__ import annotations
+
+import argparse
+
+from clin_jepa.errors import ConfigError
+
+HELP = "evaluate checkpoint(s) on the sites' held-out stays; writes metrics.json, report.md and PNG plots"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s) to compare")
+    parser.add_argument("--sites", nargs="+", required=True, metavar="YAML", help="site config file(s)")
+    parser.add_argument("--out", required=True, help="report folder (created)")
+    parser.add_argument("--labels", nargs="*", default=[], metavar="NAME=CKPT",
+                        help="display names for checkpoints (default: file name, or folder for ckpt.pt)")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for CIs (0 = none)")
+    parser.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, PCA and GRU baseline")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the last-value LR and GRU")
+    parser.add_argument("--gru-epochs", type=int, default=30, help="epochs of the supervised GRU baseline")
+    parser.add_argument("--public-key", metavar="PEM",
+                        help="verify each CKPT.sig with this coordinator public key before loading")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--labels: expected NAME=CKPT, got {item!r}")
+        out[path] = name
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from clin_jepa.evaluation.baselines import GRUSettings
+    from clin_jepa.evaluation.runner import EvalSettings, evaluate
+
+    if args.bootstrap < 0 or args.gru_epochs < 1:
+        raise ConfigError("--bootstrap must be >= 0 and --gru-epochs >= 1")
+    if args.public_key:
+        from clin_jepa.security.signing import verify_file
+
+        for ckpt in args.checkpoints:
+            verify_file(ckpt, args.public_key)
+    settings = EvalSettings(bootstrap=args.bootstrap, seed=args.seed, device=args.device,
+                            baselines=not args.no_baselines,
+                            gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed))
+    metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
+                       progress=not args.quiet)
+    print(f"wrote {args.out}/metrics.json, report.md and plots")
+    for label, m in metrics["models"].items():
+        print(f"  {label}: drift change {m['drift']['relative_change']:+.1%}, "
+              f"displacement ratio {m['geometry']['ratio']:.2f}, mean AUROC {m['probes']['mean_auroc']:.3f}")
+    for label, m in metrics["baselines"].items():
+        print(f"  {label}: mean AUROC {m['probes']['mean_auroc']:.3f}")
+    return 0

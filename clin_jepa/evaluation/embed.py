@@ -1,0 +1,72 @@
+"""Running a trained ClinJEPA over prepared stays: latents, rollouts and probe features, in batches.
+
+Which network produces what (documented in ``docs/evaluation.md``):
+
+* drift and geometry targets — ``Ē`` (target encoder), layer-normed: the space the training loss targets;
+* rollout context — ``E`` (online encoder) on hours 0..23, the inputs ``P`` was trained to read; after
+  the curriculum's hard sync and finalization ``E == Ē``;
+* probe features — ``Ē``'s layer-normed latent at hour 23 (the 24 h prediction time) concatenated with
+  the mean of its layer-normed latents over hours 0..23 (stays are at least 24 h long, so every hour of
+  the context is inside the stay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clin_jepa.evaluation.drift import autoregressive_rollout, layer_norm
+
+
+@dataclass
+class Encoded:
+    """Per-stay arrays for one model on one set of stays (all float32 numpy)."""
+
+    target: np.ndarray  # (N, T, D) layer-normed Ē latents
+    rollout: np.ndarray | None  # (N, H, D) predictor rollout from the prediction time, or None if not asked
+
+
+def _batches(arrays: dict[str, np.ndarray], batch_size: int, device: torch.device):  # noqa: ANN202
+    n = len(next(iter(arrays.values())))
+    t = next(iter(arrays.values())).shape[1]
+    for i in range(0, n, batch_size):
+        sl = slice(i, i + batch_size)
+        b = {
+            "bins": torch.as_tensor(arrays["bins"][sl].astype(np.int64), device=device),
+            "treat": torch.as_tensor(arrays["treat"][sl], dtype=torch.float32, device=device),
+            "time": torch.as_tensor(arrays["time"][sl], dtype=torch.float32, device=device),
+            "mask": torch.as_tensor(arrays["mask"][sl], device=device),
+        }
+        b["pos"] = torch.arange(t, device=device).expand(len(b["bins"]), t).contiguous()
+        yield b
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, arrays: dict[str, np.ndarray], *, context: int, horizon: int | None,
+           batch_size: int = 128, device: str = "cpu") -> Encoded:
+    """Target latents of every hour and, when ``horizon`` is given, the predictor's rollout.
+
+    ``arrays`` holds ``bins``, ``treat``, ``time``, ``mask`` as in ``SiteTensors``.
+    """
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    targets, rolls = [], []
+    for batch in _batches(arrays, batch_size, dev):
+        targets.append(layer_norm(model.target_encoder(batch)).cpu().numpy())
+        if horizon is not None:
+            z_ctx = model.encoder(batch)[:, :context]
+            rolls.append(autoregressive_rollout(model.predictor, z_ctx, batch, horizon).cpu().numpy())
+    d = model.cfg.d_enc
+    t = arrays["bins"].shape[1]
+    target = np.concatenate(targets) if targets else np.zeros((0, t, d), np.float32)
+    rollout = None
+    if horizon is not None:
+        rollout = np.concatenate(rolls) if rolls else np.zeros((0, horizon, d), np.float32)
+    return Encoded(target=target, rollout=rollout)
+
+
+def probe_features(target: np.ndarray, context: int) -> np.ndarray:
+    """(N, T, D) layer-normed Ē latents -> (N, 2D): latent at hour context-1 ‖ mean over hours < context."""
+    return np.concatenate([target[:, context - 1], target[:, :context].mean(axis=1)], axis=1)
