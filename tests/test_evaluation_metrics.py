@@ -220,3 +220,24 @@ def test_report_writer_on_hand_made_metrics(tmp_path):
     assert f"| m1 | {100 * relative_change(curve):+.1f} % | 2.000 |" in md
     assert "| gru | – | – |" in md and "hello" in md
     assert (tmp_path / PLOTS[0]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rollout_with_the_real_predictor_matches_teacher_forcing_on_step_one():
+    from clin_jepa.models import ClinJEPA
+    from clin_jepa.models.config import preset
+
+    torch.manual_seed(0)
+    model = ClinJEPA(preset("tiny", n_concepts=3, n_treatments=2, n_bins=4)).eval()
+    b, t = 2, 30
+    batch = {"bins": torch.randint(0, 5, (b, t, 3)), "treat": (torch.rand(b, t, 2) < 0.3).float(),
+             "time": torch.rand(b, t, 4), "mask": torch.ones(b, t, dtype=torch.bool),
+             "pos": torch.arange(t).expand(b, t).contiguous()}
+    with torch.no_grad():
+        z = model.encoder(batch)
+        teacher = model.predictor(z, batch)  # row t guesses hour t+1, reading hour t+1's treatment
+    roll = autoregressive_rollout(model.predictor, z[:, :24], batch, horizon=5)
+    assert torch.allclose(roll[:, 0], teacher[:, 23], atol=1e-5)
+    # the rollout reads the true treatments of the hour it predicts: changing them changes the guess
+    batch2 = dict(batch, treat=batch["treat"].clone())
+    batch2["treat"][:, 24] = 1.0 - batch2["treat"][:, 24]
+    assert not torch.allclose(autoregressive_rollout(model.predictor, z[:, :24], batch2, 1)[:, 0], roll[:, 0])

@@ -120,7 +120,7 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
             bar.update(2)
         metrics = {
             "settings": {**asdict(s), "embedding": EMBEDDING_DOC, "cohorts": COHORT_DOC},
-            "data": {"sites": [str(x) for x in data_sites(data)], "discretization": disc.fingerprint(),
+            "data": {"sites": data.site.split("+"), "discretization": disc.fingerprint(),
                      "tasks": list(held.tasks),
                      "n_stays": {"train": len(train.split), "tuning": len(tune.split),
                                  "held_out": len(held.split)}},
@@ -133,7 +133,3 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         bar.update(1)
     return metrics
 
-
-def data_sites(data: Any) -> list[str]:
-    site = getattr(data, "site", None)
-    return list(site) if isinstance(site, list | tuple) else [str(site)]
