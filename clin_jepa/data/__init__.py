@@ -1,0 +1,1 @@
+"""MEDS input, validation, harmonization, federated statistics, hourly tokenization, tasks and batches."""

@@ -1,0 +1,259 @@
+"""Site harmonization: local codes -> canonical concepts and units, and ICU stays, per shard.
+
+Every decision about a code is made once per distinct code (``CodeMapper``) and then applied to whole
+shards with numpy indexing, so the cost per event is a handful of vectorized operations.
+Invariants: a code falls in exactly one category (``CATEGORIES``), in that precedence order; stays never
+overlap; a stay ends at the first end code after its start or at death, whichever is earlier.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import meds
+import numpy as np
+
+from clin_jepa.config import CodeRule, SiteConfig
+from clin_jepa.data.concepts import load_concepts
+from clin_jepa.data.meds import NAT, Shard
+
+HOUR_US = 3_600_000_000
+CATEGORIES = ("stay", "special", "mapped", "ignored", "unmapped")
+STAY, SPECIAL, MAPPED, IGNORED, UNMAPPED = range(len(CATEGORIES))
+SPECIAL_CODES = (meds.birth_code, meds.death_code)
+MIN_STAY_HOURS = 24
+
+
+def rule_problems(cfg: SiteConfig) -> list[str]:
+    """Problems with the code map itself: unknown concept names, missing or unconvertible units."""
+    table = load_concepts()
+    problems = []
+    for i, rule in enumerate(cfg.code_map):
+        key = f"code_map[{i}] ({'regex' if rule.regex else 'code'} {rule.pattern!r})"
+        try:
+            concept = table.get(rule.concept)
+        except KeyError:
+            problems.append(f"{key}.concept: unknown concept {rule.concept!r}; allowed: "
+                            f"{', '.join(table.names)}")
+            continue
+        if concept.kind == "measurement":
+            if rule.unit is None:
+                problems.append(f"{key}.unit: required for measurement concept {rule.concept!r}; allowed: "
+                                f"{', '.join(concept.unit_names)}")
+            elif rule.unit not in concept.unit_names:
+                problems.append(f"{key}.unit: {rule.unit!r} cannot be converted to {concept.unit} for "
+                                f"{rule.concept!r}; allowed: {', '.join(concept.unit_names)}")
+    return problems
+
+
+def _usable(rule: CodeRule) -> tuple[int, float, float] | None:
+    """``(concept index, scale, offset)`` for a valid rule; None for one that ``rule_problems`` reports."""
+    table = load_concepts()
+    try:
+        concept = table.get(rule.concept)
+    except KeyError:
+        return None
+    if concept.kind == "treatment":
+        return table.index(rule.concept), 1.0, 0.0
+    try:
+        scale, offset = concept.conversion(rule.unit or "")
+    except KeyError:
+        return None
+    return table.index(rule.concept), scale, offset
+
+
+@dataclass
+class CodeInfo:
+    """Per distinct code of one shard: category, concept index (-1 if none), affine unit conversion."""
+
+    category: np.ndarray  # int8
+    concept: np.ndarray  # int16
+    scale: np.ndarray  # float64
+    offset: np.ndarray  # float64
+    is_start: np.ndarray  # bool
+    is_end: np.ndarray  # bool
+    is_birth: np.ndarray  # bool
+    is_death: np.ndarray  # bool
+
+
+class CodeMapper:
+    """Decides each code's fate from a site config, remembering decisions across shards."""
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        self.cfg = cfg
+        self._start = re.compile(cfg.stay.start)
+        self._end = re.compile(cfg.stay.end)
+        self._rules = [(rule, _usable(rule)) for rule in cfg.code_map]
+        self._memo: dict[str, tuple[int, int, float, float, bool, bool]] = {}
+
+    def decide(self, code: str) -> tuple[int, int, float, float, bool, bool]:
+        """``(category, concept, scale, offset, is_start, is_end)`` for one code."""
+        hit = self._memo.get(code)
+        if hit is None:
+            hit = self._memo[code] = self._decide(code)
+        return hit
+
+    def _decide(self, code: str) -> tuple[int, int, float, float, bool, bool]:
+        start = self._start.fullmatch(code) is not None
+        end = self._end.fullmatch(code) is not None and not start
+        if start or end:
+            return STAY, -1, 1.0, 0.0, start, end
+        if code in SPECIAL_CODES:
+            return SPECIAL, -1, 1.0, 0.0, False, False
+        for rule, usable in self._rules:
+            if rule.matches(code):
+                if usable is None:
+                    return UNMAPPED, -1, 1.0, 0.0, False, False
+                return MAPPED, usable[0], usable[1], usable[2], False, False
+        if self.cfg.is_ignored(code):
+            return IGNORED, -1, 1.0, 0.0, False, False
+        return UNMAPPED, -1, 1.0, 0.0, False, False
+
+    def code_info(self, codes: list[str]) -> CodeInfo:
+        rows = [self.decide(c) for c in codes]
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 6
+        return CodeInfo(
+            category=np.array(cols[0], dtype=np.int8),
+            concept=np.array(cols[1], dtype=np.int16),
+            scale=np.array(cols[2], dtype=np.float64),
+            offset=np.array(cols[3], dtype=np.float64),
+            is_start=np.array(cols[4], dtype=bool),
+            is_end=np.array(cols[5], dtype=bool),
+            is_birth=np.array([c == meds.birth_code for c in codes], dtype=bool),
+            is_death=np.array([c == meds.death_code for c in codes], dtype=bool),
+        )
+
+
+@dataclass
+class Harmonized:
+    """One shard after mapping: per event concept index (-1 = none) and canonical value (NaN = none)."""
+
+    shard: Shard
+    info: CodeInfo
+    concept: np.ndarray  # int16 per event
+    value: np.ndarray  # float64 per event, canonical unit
+
+    def code_counts(self) -> np.ndarray:
+        """Events per distinct code of the shard (aligned with ``shard.codes``)."""
+        return np.bincount(self.shard.code_index, minlength=len(self.shard.codes))
+
+
+def harmonize(shard: Shard, mapper: CodeMapper) -> Harmonized:
+    info = mapper.code_info(shard.codes)
+    idx = shard.code_index
+    concept = info.concept[idx]
+    value = shard.value * info.scale[idx] + info.offset[idx]
+    return Harmonized(shard, info, concept, value)
+
+
+@dataclass
+class Stays:
+    """ICU stays of one shard, sorted by (subject, start). Times are int64 microseconds.
+
+    ``eligible``: lasts >= 24 h and the subject is alive 24 h after the start.
+    """
+
+    subject: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    birth: np.ndarray  # NAT if unknown
+    death: np.ndarray  # NAT if none
+    eligible: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.subject)
+
+    def take(self, mask: np.ndarray) -> Stays:
+        return Stays(*(getattr(self, f)[mask] for f in
+                       ("subject", "start", "end", "birth", "death", "eligible")))
+
+
+def _time_per_subject(subject: np.ndarray, time: np.ndarray, rows: np.ndarray, wanted: np.ndarray,
+                      last: bool = False) -> np.ndarray:
+    """Earliest (or latest) non-null time among ``rows`` for each ``wanted`` subject; NAT if none."""
+    out = np.full(len(wanted), NAT, dtype=np.int64)
+    rows = rows[time[rows] != NAT]
+    if len(rows) == 0 or len(wanted) == 0:
+        return out
+    order = np.lexsort((time[rows], subject[rows]))
+    subj, t = subject[rows][order], time[rows][order]
+    edge = subj[1:] != subj[:-1]
+    pick = np.r_[edge, True] if last else np.r_[True, edge]
+    subj, t = subj[pick], t[pick]
+    pos = np.clip(np.searchsorted(subj, wanted), 0, len(subj) - 1)
+    hit = subj[pos] == wanted
+    out[hit] = t[pos[hit]]
+    return out
+
+
+def find_stays(h: Harmonized) -> Stays:
+    """ICU stays: a start code opens one unless a stay is already open; the next end code closes it.
+
+    A stay with no later end code is closed by the subject's last event in the shard.
+    """
+    s = h.shard
+    is_start = h.info.is_start[s.code_index]
+    is_end = h.info.is_end[s.code_index]
+    rows = np.flatnonzero((is_start | is_end) & (s.time != NAT))
+    subj, t, end_flag = s.subject[rows], s.time[rows], is_end[rows]
+    order = np.lexsort((~end_flag, t, subj))  # at equal times an end closes the old stay first
+    subj, t, end_flag = subj[order], t[order], end_flag[order]
+    prev_start = np.r_[False, (~end_flag[:-1]) & (subj[1:] == subj[:-1])]
+    opens = np.flatnonzero(~end_flag & ~prev_start)
+    end_pos = np.flatnonzero(end_flag)
+    j = np.searchsorted(end_pos, opens, side="right")
+    closed = j < len(end_pos)
+    closed[closed] = subj[end_pos[j[closed]]] == subj[opens[closed]]
+    st_subj, st_start = subj[opens], t[opens]
+    st_end = np.full(len(opens), NAT, dtype=np.int64)
+    st_end[closed] = t[end_pos[j[closed]]]
+    if (~closed).any():
+        open_subj = st_subj[~closed]
+        rows_open = np.flatnonzero(np.isin(s.subject, open_subj))
+        st_end[~closed] = _time_per_subject(s.subject, s.time, rows_open, open_subj, last=True)
+    code_rows = s.code_index
+    birth = _time_per_subject(s.subject, s.time, np.flatnonzero(h.info.is_birth[code_rows]), st_subj)
+    death = _time_per_subject(s.subject, s.time, np.flatnonzero(h.info.is_death[code_rows]), st_subj)
+    dies_in = (death != NAT) & (death > st_start) & (death < st_end)
+    st_end = np.where(dies_in, death, st_end)
+    day = MIN_STAY_HOURS * HOUR_US
+    alive_at_24 = (death == NAT) | (death > st_start + day)
+    eligible = (st_end - st_start >= day) & alive_at_24
+    return Stays(st_subj, st_start, st_end, birth, death, eligible)
+
+
+@dataclass
+class StayEvents:
+    """Mapped, timed events attributed to a stay: the latest stay that started at or before the event."""
+
+    stay: np.ndarray  # int64 index into the Stays passed to ``attribute_events``
+    offset: np.ndarray  # int64 microseconds since the stay's start
+    concept: np.ndarray  # int16 canonical concept index
+    value: np.ndarray  # float64 canonical value (NaN for treatments or missing)
+
+
+def attribute_events(h: Harmonized, stays: Stays, horizon_hours: int) -> StayEvents:
+    """Events within ``horizon_hours`` of the start of the stay they belong to (no per-event loops)."""
+    s = h.shard
+    keep = (h.concept >= 0) & (s.time != NAT)
+    rows = np.flatnonzero(keep)
+    empty = StayEvents(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0))
+    if len(stays) == 0 or len(rows) == 0:
+        return empty
+    subj, t = s.subject[rows], s.time[rows]
+    uniq, first, count = np.unique(stays.subject, return_index=True, return_counts=True)
+    pos = np.clip(np.searchsorted(uniq, subj), 0, len(uniq) - 1)
+    member = uniq[pos] == subj
+    rows, t, pos = rows[member], t[member], pos[member]
+    lo = first[pos]
+    cand = lo + count[pos] - 1
+    while True:  # steps back over a subject's later stays; runs at most max(stays per subject) times
+        back = (stays.start[cand] > t) & (cand > lo)
+        if not back.any():
+            break
+        cand[back] -= 1
+    offset = t - stays.start[cand]
+    ok = (offset >= 0) & (offset < horizon_hours * HOUR_US)
+    rows = rows[ok]
+    return StayEvents(cand[ok].astype(np.int64), offset[ok], h.concept[rows], h.value[rows])

@@ -1,0 +1,176 @@
+"""Federated-mergeable value statistics and the shared discretization derived from them.
+
+A site summarizes its train-split values as fixed-grid histograms (``HIST_CELLS`` equal cells over each
+concept's plausible range from ``concepts.yaml``). Histograms add, so merging sites is a sum and
+``quantile_edges(merge_statistics([a, b]))`` equals ``quantile_edges`` of the pooled data exactly.
+Only these counts ever leave a site, never rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clin_jepa.config import SiteConfig
+from clin_jepa.data.concepts import load_concepts
+from clin_jepa.data.harmonize import CodeMapper, find_stays, harmonize
+from clin_jepa.data.meds import NAT, SPLIT_CODE, iter_shards, read_splits
+from clin_jepa.errors import ClinJepaError
+
+HIST_CELLS = 512
+DEFAULT_BINS = 10
+
+
+@dataclass
+class SiteStatistics:
+    """Counts in canonical order: ``hist`` (M measurements, HIST_CELLS) int64, ``counts`` (M + K,) int64
+    events per concept, and the numbers of subjects and eligible stays. Merged by addition."""
+
+    hist: np.ndarray
+    counts: np.ndarray
+    n_subjects: int = 0
+    n_stays: int = 0
+
+    @classmethod
+    def empty(cls) -> SiteStatistics:
+        table = load_concepts()
+        return cls(np.zeros((len(table.measurements), HIST_CELLS), np.int64),
+                   np.zeros(len(table.names), np.int64))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for transport (e.g. a Flower ArrayRecord)."""
+        return {"hist": self.hist.copy(), "counts": self.counts.copy(),
+                "n_subjects": np.array([self.n_subjects], np.int64),
+                "n_stays": np.array([self.n_stays], np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SiteStatistics:
+        """Inverse of :meth:`to_arrays`; refuses arrays of the wrong shape (another vocabulary)."""
+        ref = cls.empty()
+        try:
+            hist = np.asarray(arrays["hist"], dtype=np.int64)
+            counts = np.asarray(arrays["counts"], dtype=np.int64)
+            n_subjects = int(np.asarray(arrays["n_subjects"]).reshape(-1)[0])
+            n_stays = int(np.asarray(arrays["n_stays"]).reshape(-1)[0])
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ClinJepaError(f"site statistics: malformed arrays ({exc!r}); expected keys "
+                                "hist, counts, n_subjects, n_stays") from None
+        if hist.shape != ref.hist.shape or counts.shape != ref.counts.shape:
+            raise ClinJepaError(f"site statistics: shapes hist {hist.shape}, counts {counts.shape} do not "
+                                f"match this vocabulary ({ref.hist.shape}, {ref.counts.shape})")
+        if (hist < 0).any() or (counts < 0).any():
+            raise ClinJepaError("site statistics: negative counts")
+        return cls(hist, counts, n_subjects, n_stays)
+
+    def __add__(self, other: SiteStatistics) -> SiteStatistics:
+        return SiteStatistics(self.hist + other.hist, self.counts + other.counts,
+                              self.n_subjects + other.n_subjects, self.n_stays + other.n_stays)
+
+    def add_values(self, concept: np.ndarray, value: np.ndarray) -> None:
+        """Count canonical values of measurement concepts (indices into the canonical order) in place."""
+        table = load_concepts()
+        m = len(table.measurements)
+        self.counts += np.bincount(concept[concept >= 0], minlength=len(table.names)).astype(np.int64)
+        ok = (concept >= 0) & (concept < m) & np.isfinite(value)
+        c, v = concept[ok].astype(np.int64), value[ok]
+        lo = np.array([x.lo for x in table.measurements])[c]
+        hi = np.array([x.hi for x in table.measurements])[c]
+        cell = np.clip(np.floor((v - lo) / (hi - lo) * HIST_CELLS), 0, HIST_CELLS - 1).astype(np.int64)
+        self.hist += np.bincount(c * HIST_CELLS + cell, minlength=m * HIST_CELLS).reshape(m, HIST_CELLS)
+
+
+def merge_statistics(stats: list[SiteStatistics]) -> SiteStatistics:
+    """Sum of site statistics (associative and commutative)."""
+    out = SiteStatistics.empty()
+    for s in stats:
+        out = out + s
+    return out
+
+
+def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
+    """Histograms of the train split's canonical values, streamed shard by shard.
+
+    Counts every mapped, timed event of train subjects (not only those inside stays), so the edges do
+    not depend on the stay definition; ``n_stays`` counts eligible stays of train subjects.
+    """
+    splits = read_splits(cfg.data_path)
+    train_ids = np.array(sorted(s for s, code in splits.items() if code == SPLIT_CODE["train"]), np.int64)
+    mapper = CodeMapper(cfg)
+    out = SiteStatistics.empty()
+    for shard in iter_shards(cfg.data_path):
+        h = harmonize(shard, mapper)
+        train = np.isin(shard.subject, train_ids) & (shard.time != NAT)
+        out.add_values(h.concept[train], h.value[train])
+        out.n_subjects += len(np.unique(shard.subject[train]))
+        stays = find_stays(h)
+        out.n_stays += int((stays.eligible & np.isin(stays.subject, train_ids)).sum())
+    return out
+
+
+@dataclass(frozen=True)
+class Discretization:
+    """The shared value discretization: vocabulary and, per concept, ``n_bins - 1`` increasing edges.
+
+    A value ``v`` of concept ``c`` falls in bin ``1 + searchsorted(edges[c], v, side="right")``
+    (1..n_bins; 0 is reserved for "not observed").
+    """
+
+    concepts: tuple[str, ...]
+    treatments: tuple[str, ...]
+    n_bins: int = DEFAULT_BINS
+    edges: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"concepts": list(self.concepts), "treatments": list(self.treatments), "n_bins": self.n_bins,
+                "edges": {c: [float(x) for x in self.edges[c]] for c in self.concepts}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Discretization:
+        try:
+            concepts = tuple(str(c) for c in d["concepts"])
+            edges = {c: np.asarray(d["edges"][c], dtype=np.float64) for c in concepts}
+            disc = cls(concepts, tuple(str(t) for t in d["treatments"]), int(d["n_bins"]), edges)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClinJepaError(f"discretization: malformed ({exc!r}); expected concepts, treatments, "
+                                "n_bins, edges") from None
+        for c, e in edges.items():
+            if e.shape != (disc.n_bins - 1,) or (np.diff(e) < 0).any():
+                raise ClinJepaError(f"discretization: edges of {c!r} must be {disc.n_bins - 1} "
+                                    "non-decreasing numbers")
+        return disc
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form; equal iff two discretizations tokenize identically."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def quantile_edges(stats: SiteStatistics, n_bins: int = DEFAULT_BINS) -> Discretization:
+    """Equal-frequency edges from histograms (pure; linear interpolation inside a cell).
+
+    The vocabulary is the canonical order filtered to measurement concepts with at least one value;
+    treatments are always the full canonical list so the model's treatment width never varies.
+    Edges strictly increase because every quantile lands in a cell with positive mass.
+    """
+    if n_bins < 2:
+        raise ClinJepaError(f"n_bins: must be >= 2, got {n_bins}")
+    table = load_concepts()
+    qs = np.arange(1, n_bins) / n_bins
+    concepts, edges = [], {}
+    for i, concept in enumerate(table.measurements):
+        h = stats.hist[i].astype(np.float64)
+        total = h.sum()
+        if total <= 0:
+            continue
+        cum = np.cumsum(h)
+        target = qs * total
+        cell = np.searchsorted(cum, target, side="left")
+        before = np.where(cell > 0, cum[cell - 1], 0.0)
+        frac = (target - before) / h[cell]
+        width = (concept.hi - concept.lo) / HIST_CELLS
+        concepts.append(concept.name)
+        edges[concept.name] = concept.lo + (cell + frac) * width
+    return Discretization(tuple(concepts), table.treatment_names, n_bins, edges)

@@ -1,0 +1,271 @@
+"""Hourly ICU-stay trajectories as fixed-shape numpy tensors (``SiteTensors``), cached per site.
+
+One row per eligible ICU stay (>= 24 h, subject alive 24 h after the start). Hour ``h`` covers
+``[start + h, start + h + 1)``; an hour lies in the stay (``mask``) iff it starts before the stay ends.
+Per hour and vocabulary concept the token is the value bin of the LAST value in that hour (0 = none);
+only events inside the stay are tokenized. Rows keep the order shard path, subject, stay start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clin_jepa.config import SiteConfig
+from clin_jepa.data.concepts import load_concepts
+from clin_jepa.data.harmonize import (
+    HOUR_US,
+    CodeMapper,
+    StayEvents,
+    Stays,
+    attribute_events,
+    find_stays,
+    harmonize,
+)
+from clin_jepa.data.meds import NAT, SPLIT_CODE, Shard, iter_shards, read_splits, shard_paths, splits_path
+from clin_jepa.data.stats import Discretization
+from clin_jepa.data.tasks import TaskSpec, compute_labels
+from clin_jepa.errors import DataValidationError
+from clin_jepa.io import atomic_write_bytes
+
+CONTEXT_HOURS = 24
+N_TIME_FEATURES = 4
+ARRAY_FIELDS = ("bins", "treat", "time", "mask", "labels", "split", "subject_id")
+
+
+@dataclass
+class SiteTensors:
+    """See docs/internals.md for the shapes: bins (N,T,C) int16, treat (N,T,K) f32, time (N,T,4) f32,
+    mask (N,T) bool, labels (N,n_tasks) f32 (NaN = undefined), split (N,) int8, subject_id (N,) int64."""
+
+    bins: np.ndarray
+    treat: np.ndarray
+    time: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    subject_id: np.ndarray
+    concepts: tuple[str, ...] = ()
+    treatments: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    site: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.subject_id)
+
+    @property
+    def hours(self) -> int:
+        return self.bins.shape[1]
+
+    def take(self, index: np.ndarray) -> SiteTensors:
+        arrays = {f: getattr(self, f)[index] for f in ARRAY_FIELDS}
+        return SiteTensors(**arrays, concepts=self.concepts, treatments=self.treatments, tasks=self.tasks,
+                           site=self.site, meta=dict(self.meta))
+
+    def subset(self, split_name: str) -> SiteTensors:
+        """Rows of one split: ``train``, ``tuning`` or ``held_out``."""
+        if split_name not in SPLIT_CODE:
+            raise KeyError(f"split {split_name!r} is not one of {list(SPLIT_CODE)}")
+        return self.take(np.flatnonzero(self.split == SPLIT_CODE[split_name]))
+
+    @staticmethod
+    def concat(parts: list[SiteTensors]) -> SiteTensors:
+        """Rows of all parts in order; they must share vocabulary, treatments, tasks and hours."""
+        if not parts:
+            raise ValueError("concat needs at least one SiteTensors")
+        head = parts[0]
+        for p in parts[1:]:
+            if (p.concepts, p.treatments, p.tasks, p.hours) != (head.concepts, head.treatments, head.tasks,
+                                                                  head.hours):
+                raise ValueError("concat: parts differ in concepts, treatments, tasks or hours")
+        arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ARRAY_FIELDS}
+        site = head.site if all(p.site == head.site for p in parts) else "+".join(p.site for p in parts)
+        return SiteTensors(**arrays, concepts=head.concepts, treatments=head.treatments, tasks=head.tasks,
+                           site=site)
+
+    @classmethod
+    def empty(cls, disc: Discretization, tasks: tuple[TaskSpec, ...], hours: int, site: str) -> SiteTensors:
+        c, k = len(disc.concepts), len(disc.treatments)
+        return cls(np.zeros((0, hours, c), np.int16), np.zeros((0, hours, k), np.float32),
+                   np.zeros((0, hours, N_TIME_FEATURES), np.float32), np.zeros((0, hours), bool),
+                   np.zeros((0, len(tasks)), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int64),
+                   disc.concepts, disc.treatments, tuple(t.name for t in tasks), site)
+
+
+def _time_features(stays: Stays, hours: int) -> np.ndarray:
+    h = np.arange(hours, dtype=np.float64)
+    start_hour = (stays.start // HOUR_US) % 24
+    clock = (start_hour[:, None] + h[None, :]) % 24 * (2 * np.pi / 24)
+    age = np.where(stays.birth != NAT, (stays.start - stays.birth) / (HOUR_US * 24 * 365.25), 0.0)
+    out = np.empty((len(stays), hours, N_TIME_FEATURES), np.float32)
+    out[:, :, 0] = h / hours
+    out[:, :, 1] = np.sin(clock)
+    out[:, :, 2] = np.cos(clock)
+    out[:, :, 3] = (age / 100.0)[:, None]
+    return out
+
+
+class _Tokenizer:
+    """Shard -> SiteTensors with fixed vocabulary lookups built once."""
+
+    def __init__(self, cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...], hours: int):
+        table = load_concepts()
+        self.cfg, self.disc, self.tasks, self.hours = cfg, disc, tasks, hours
+        self.mapper = CodeMapper(cfg)
+        n = len(table.names)
+        self.column = np.full(n, -1, np.int64)  # canonical index -> bins column (-1: not in vocabulary)
+        self.treat_column = np.full(n, -1, np.int64)
+        for j, name in enumerate(disc.concepts):
+            self.column[table.index(name)] = j
+        for j, name in enumerate(disc.treatments):
+            self.treat_column[table.index(name)] = j
+        self.horizon = int(max([hours, *(t.horizon_hours for t in tasks)]))
+        self.splits = read_splits(cfg.data_path)
+
+    def tokenize(self, shards: Iterable[Shard]) -> SiteTensors:
+        parts = [self._one(shard) for shard in shards]
+        parts = [p for p in parts if len(p)]
+        empty = SiteTensors.empty(self.disc, self.tasks, self.hours, self.cfg.site)
+        return SiteTensors.concat([empty, *parts])
+
+    def _one(self, shard: Shard) -> SiteTensors:
+        h = harmonize(shard, self.mapper)
+        all_stays = find_stays(h)
+        ev = attribute_events(h, all_stays, self.horizon)
+        keep = all_stays.eligible
+        new_index = np.cumsum(keep) - 1
+        sel = keep[ev.stay]
+        ev_stay = new_index[ev.stay[sel]]
+        offset, concept, value = ev.offset[sel], ev.concept[sel], ev.value[sel]
+        stays = all_stays.take(keep)
+        n, T = len(stays), self.hours
+        C, K = len(self.disc.concepts), len(self.disc.treatments)
+        duration = stays.end - stays.start
+        mask = np.arange(T)[None, :] * HOUR_US < duration[:, None]
+        # only in-stay events become tokens; labels (below) may look past the stay end
+        tok = (offset < np.minimum(duration[ev_stay], T * HOUR_US))
+        hour = offset // HOUR_US
+        bins = np.zeros(n * T * C, np.int16)
+        col = self.column[concept]
+        m = tok & (col >= 0) & np.isfinite(value)
+        self._fill_bins(bins, ev_stay[m], hour[m], col[m], value[m], offset[m])
+        treat = np.zeros(n * T * K, np.float32)
+        tcol = self.treat_column[concept]
+        mt = tok & (tcol >= 0)
+        treat[(ev_stay[mt] * T + hour[mt]) * K + tcol[mt]] = 1.0
+        labels = compute_labels(self.tasks, stays, StayEvents(ev_stay, offset, concept, value))
+        split = np.array([self.splits.get(int(s), -1) for s in stays.subject], np.int8)
+        if (split < 0).any():
+            missing = np.unique(stays.subject[split < 0])[:5].tolist()
+            raise DataValidationError(str(shard.path), [
+                f"subjects {missing} have no valid split in subject_splits.parquet (run validate)"])
+        return SiteTensors(bins.reshape(n, T, C), treat.reshape(n, T, K), _time_features(stays, T), mask,
+                           labels, split, stays.subject.astype(np.int64), self.disc.concepts,
+                           self.disc.treatments, tuple(t.name for t in self.tasks), self.cfg.site)
+
+    def _fill_bins(self, bins: np.ndarray, stay: np.ndarray, hour: np.ndarray, col: np.ndarray,
+                   value: np.ndarray, offset: np.ndarray) -> None:
+        T, C = self.hours, len(self.disc.concepts)
+        flat = (stay * T + hour) * C + col
+        b = np.zeros(len(value), np.int16)
+        for j, name in enumerate(self.disc.concepts):
+            sel = col == j
+            b[sel] = 1 + np.searchsorted(self.disc.edges[name], value[sel], side="right")
+        # last value per (stay, hour, concept): sort by cell, then by time inside the hour
+        if len(flat) and int(flat.max()) < np.iinfo(np.int64).max // HOUR_US:
+            order = np.argsort(flat * HOUR_US + offset % HOUR_US)  # one int64 sort is cheapest
+        else:
+            order = np.lexsort((offset, flat))
+        fs = flat[order]
+        last = np.r_[fs[1:] != fs[:-1], True] if len(fs) else np.zeros(0, bool)
+        bins[fs[last]] = b[order][last]
+
+
+def tokenize_dataset(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...],
+                     hours: int = 72) -> SiteTensors:
+    """Build tensors without the cache (streams shard by shard)."""
+    if hours < CONTEXT_HOURS:
+        raise ValueError(f"hours must be >= {CONTEXT_HOURS}, got {hours}")
+    return _Tokenizer(cfg, disc, tasks, hours).tokenize(iter_shards(cfg.data_path))
+
+
+# ---- cache -------------------------------------------------------------------------------------------
+CACHE_VERSION = 1
+
+
+def cache_key(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...], hours: int) -> str:
+    """sha256 over everything the tensors depend on: the data files' names, sizes and mtimes (and the
+    splits file's), the site's mapping and stay definition, the discretization, the task specs, hours."""
+    root = cfg.data_path
+    files = [*shard_paths(root), splits_path(root)]
+    stat = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
+    content = {
+        "version": CACHE_VERSION, "files": stat, "disc": disc.fingerprint(), "hours": hours,
+        "tasks": [t.to_dict() for t in tasks],
+        "mapping": {"site": cfg.site, "stay": [cfg.stay.start, cfg.stay.end],
+                    "ignore": list(cfg.ignore_codes),
+                    "code_map": [[r.pattern, r.regex, r.concept, r.unit] for r in cfg.code_map]},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(path: Path, tensors: SiteTensors) -> None:
+    """Write ``tensors`` atomically as .npz with a content digest checked by :func:`load_tensors`."""
+    arrays = {f: getattr(tensors, f) for f in ARRAY_FIELDS}
+    meta = {"concepts": list(tensors.concepts), "treatments": list(tensors.treatments),
+            "tasks": list(tensors.tasks), "site": tensors.site, "digest": _digest(arrays)}
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_tensors(path: Path) -> SiteTensors | None:
+    """The tensors in ``path``, or None if the file is missing, unreadable or fails its digest."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {f: z[f] for f in ARRAY_FIELDS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("digest") != _digest(arrays):
+        return None
+    return SiteTensors(**arrays, concepts=tuple(meta["concepts"]), treatments=tuple(meta["treatments"]),
+                       tasks=tuple(meta["tasks"]), site=str(meta["site"]))
+
+
+def build_site_tensors(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...],
+                       hours: int = 72, use_cache: bool = True) -> SiteTensors:
+    """Tensors for one site, from ``cfg.state_dir/cache/tensors-<key>.npz`` when a valid one exists.
+
+    A cache file that cannot be read or fails its digest is rebuilt and overwritten, never trusted.
+    ``meta["cache"]`` of the result says "hit" or "miss".
+    """
+    path = Path(cfg.state_dir) / "cache" / f"tensors-{cache_key(cfg, disc, tasks, hours)}.npz"
+    if use_cache:
+        cached = load_tensors(path)
+        if cached is not None:
+            cached.meta["cache"] = "hit"
+            return cached
+    tensors = tokenize_dataset(cfg, disc, tasks, hours)
+    if use_cache:
+        save_tensors(path, tensors)
+    tensors.meta["cache"] = "miss"
+    return tensors
