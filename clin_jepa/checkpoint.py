@@ -1,0 +1,131 @@
+"""Checkpoints: one self-describing file from which a model rebuilds alone, verified on load.
+
+File layout: a header line ``CLINJEPA-CKPT 1 <sha256 hex of the payload>\\n`` followed by the payload,
+a ``torch.save`` of plain containers (tensors, numbers, strings, lists, dicts) so that
+``torch.load(weights_only=True)`` can read it without executing code. Configs are stored as plain dicts.
+``save_checkpoint``/``load_checkpoint`` are the only two functions that touch the bytes, so signing
+(a detached ``.sig`` next to the file) can wrap exactly these two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clin_jepa.errors import CheckpointError, ConfigError
+from clin_jepa.io import atomic_write_bytes
+from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, set_group_state
+
+MAGIC = b"CLINJEPA-CKPT"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild, evaluate or resume training.
+
+    ``weights`` maps group name (``encoder``, ``target_encoder``, ``predictor``) to its state dict.
+    ``discretization`` is ``Discretization.to_dict()`` (numpy arrays are stored as lists). ``extra`` is
+    free for other parts (privacy accountants, federation state); it must hold plain containers only.
+    """
+
+    model_config: ModelConfig
+    weights: dict[str, dict[str, torch.Tensor]]
+    curriculum: dict[str, Any] = field(default_factory=dict)
+    discretization: dict[str, Any] | None = None
+    step: int = 0
+    round: int = 0
+    phase: str = ""
+    optimizer: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: ClinJEPA, **fields: Any) -> Checkpoint:
+        return cls(model.cfg, {g: get_group_state(model, g) for g in GROUPS}, **fields)
+
+    def build_model(self) -> ClinJEPA:
+        """A fresh :class:`ClinJEPA` of the stored config with the stored weights loaded."""
+        model = ClinJEPA(self.model_config)
+        for g in GROUPS:
+            set_group_state(model, g, self.weights[g])
+        return model
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy values become Python lists/scalars so ``weights_only`` loading accepts them."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> str:
+    """Write ``ckpt`` atomically to ``path``; return the payload's sha256 (hex)."""
+    payload = {f.name: getattr(ckpt, f.name) for f in dataclasses.fields(ckpt)}
+    payload["model_config"] = ckpt.model_config.to_dict()
+    for key in ("curriculum", "discretization", "metrics", "extra"):
+        payload[key] = _plain(payload[key])
+    payload["format_version"] = VERSION
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(path, MAGIC + f" {VERSION} {digest}\n".encode() + data)
+    return digest
+
+
+def read_verified_payload(path: str | Path, verify: bool = True) -> tuple[bytes, str]:
+    """The payload bytes and their recorded sha256; raises :class:`CheckpointError` on any mismatch."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    raw = path.read_bytes()
+    header, sep, data = raw.partition(b"\n")
+    parts = header.split(b" ")
+    if not sep or len(parts) != 3 or parts[0] != MAGIC:
+        raise CheckpointError(f"{path}: not a Clin-JEPA checkpoint (missing '{MAGIC.decode()}' header)")
+    if parts[1] != str(VERSION).encode():
+        raise CheckpointError(f"{path}: checkpoint format version {parts[1].decode(errors='replace')} is "
+                              f"not supported (this code reads version {VERSION})")
+    digest = parts[2].decode(errors="replace")
+    if verify and hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(f"{path}: content hash mismatch — the file is corrupt or was modified "
+                              f"after it was written (recorded sha256 {digest[:16]}…)")
+    return data, digest
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
+    """Read, verify and decode a checkpoint written by :func:`save_checkpoint`."""
+    data, _ = read_verified_payload(path, verify)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for damaged pickles
+        raise CheckpointError(f"{path}: checkpoint payload cannot be decoded: {exc}") from None
+    try:
+        payload.pop("format_version", None)
+        cfg = ModelConfig.from_dict(payload.pop("model_config"))
+        weights = payload.pop("weights")
+        missing = [g for g in GROUPS if g not in weights]
+        if missing:
+            raise CheckpointError(f"{path}: checkpoint lacks weights for group(s) {missing}")
+        return Checkpoint(cfg, weights, **payload)
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: checkpoint content is incomplete or malformed: {exc}") from None
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """The recorded sha256 of a checkpoint's payload (verified)."""
+    return read_verified_payload(path)[1]

@@ -1,0 +1,116 @@
+"""Clin-JEPA objective: latent prediction (teacher forcing + k-step rollout) + per-sample anti-collapse.
+
+Every term is computed per sample and only averaged over the batch at the very end (``reduction="mean"``),
+or returned per sample (``reduction="none"``), so per-sample gradient clipping (Opacus DP-SGD, including
+ghost clipping) sees a loss in which no sample's value depends on another sample. In particular the
+anti-collapse term uses *within-sample* statistics only (across the hours of one stay), never batch
+statistics like VICReg/SIGReg.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clin_jepa.errors import ConfigError
+
+Predictor = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``rollout_steps`` = k (1 = teacher forcing only); ``collapse_floor`` is the hinge target for the
+    per-sample, per-dimension std over hours of the layer-normed online latents."""
+
+    rollout_steps: int = 2
+    rollout_weight: float = 1.0
+    collapse_weight: float = 1.0
+    collapse_floor: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.rollout_steps < 1:
+            raise ConfigError(f"loss.rollout_steps: must be >= 1, got {self.rollout_steps}")
+        if min(self.rollout_weight, self.collapse_weight, self.collapse_floor) < 0:
+            raise ConfigError("loss: weights and collapse_floor must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LossConfig:
+        return cls(**d)
+
+
+def layer_normed_targets(target_latents: torch.Tensor) -> torch.Tensor:
+    """Targets live in the layer-normed (no affine) space of ``Ē``'s output."""
+    return F.layer_norm(target_latents, (target_latents.shape[-1],))
+
+
+def _masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean |pred - target| over the (hour, dim) cells with weight 1; (B,)."""
+    err = (pred.float() - target.float()).abs().mean(dim=-1)
+    return (err * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+
+
+def rollout_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
+                   batch: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Per-sample L1 for rollout steps 1..k; each entry is (B,).
+
+    Step 1 is teacher forcing: row t of ``P(z)`` predicts ``target[t+1]``. Step j > 1 feeds ``P`` the
+    sequence whose hour t (t >= j-1) is the (j-1)-step prediction made from hours ``<= t-(j-1)`` (earlier
+    hours keep the true latents), and scores row t against ``target[t+1]`` for t >= j-1 only: every
+    scored prediction is exactly j steps away from the last true latent it could see. All t are
+    computed in parallel, so k steps cost k predictor passes. Hours count when both t and t+1 are
+    inside the stay (``mask``).
+    """
+    mask = batch["mask"]
+    pair = (mask[:, :-1] & mask[:, 1:]).to(torch.float32)
+    nxt = target[:, 1:]
+    seq, losses = z, []
+    for j in range(1, k + 1):
+        pred = predictor(seq, batch)
+        weight = pair.clone()
+        weight[:, : j - 1] = 0.0
+        losses.append(_masked_l1(pred[:, :-1], nxt, weight))
+        if j < k:
+            # hour t of the next input = prediction made at row t-1; hours < j keep the true latents
+            seq = torch.cat([z[:, :j], pred[:, j - 1: -1].to(z.dtype)], dim=1)
+    return losses
+
+
+def collapse_penalty(z: torch.Tensor, mask: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per-sample hinge ``mean_d relu(floor - std_t(LN(z)[t, d]))`` over the stay's hours; (B,)."""
+    zn = F.layer_norm(z.float(), (z.shape[-1],))
+    m = mask.to(torch.float32).unsqueeze(-1)
+    n = m.sum(dim=1).clamp_min(2.0)
+    mean = (zn * m).sum(dim=1) / n
+    var = (((zn - mean.unsqueeze(1)) ** 2) * m).sum(dim=1) / (n - 1.0)
+    return F.relu(floor - torch.sqrt(var + 1e-4)).mean(dim=-1)
+
+
+def jepa_loss(predictor: Predictor, z: torch.Tensor, target: torch.Tensor, batch: dict[str, torch.Tensor],
+              cfg: LossConfig, with_collapse: bool = True,
+              reduction: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its parts (detached batch means, kept on device so logging does not sync).
+
+    ``target`` must already be layer-normed and detached. ``with_collapse`` adds the anti-collapse term
+    (only useful when ``z`` carries gradients to the encoder). ``reduction="none"`` returns (B,).
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    steps = rollout_losses(predictor, z, target, batch, cfg.rollout_steps)
+    total = steps[0]
+    if len(steps) > 1:
+        total = total + cfg.rollout_weight * torch.stack(steps[1:]).mean(dim=0)
+    collapse = collapse_penalty(z, batch["mask"], cfg.collapse_floor)
+    if with_collapse and cfg.collapse_weight > 0:
+        total = total + cfg.collapse_weight * collapse
+    parts = {f"loss_step{j + 1}": s.detach().mean() for j, s in enumerate(steps)}
+    parts["collapse"] = collapse.detach().mean()
+    parts["loss"] = total.detach().mean()
+    return (total.mean() if reduction == "mean" else total), parts

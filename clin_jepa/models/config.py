@@ -1,0 +1,72 @@
+"""Model configuration: one frozen dataclass handed whole to every module, plus named size presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from clin_jepa.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of ``E``/``Ē`` and ``P``.
+
+    The data dimensions (``n_concepts``, ``n_treatments``, ``n_bins``, ``n_time``) must match the
+    discretization the model is trained on; ``max_hours`` bounds the positional table (>= T).
+    The latent width is ``d_enc``: the predictor reads and predicts vectors of that size.
+    """
+
+    n_concepts: int = 16
+    n_treatments: int = 6
+    n_bins: int = 10
+    n_time: int = 4
+    max_hours: int = 128
+    d_enc: int = 64
+    enc_layers: int = 2
+    enc_heads: int = 4
+    d_pred: int = 64
+    pred_layers: int = 2
+    pred_heads: int = 4
+    mlp_ratio: int = 4
+    treat_conditioning: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_concepts", "n_bins", "n_time", "max_hours", "d_enc", "enc_layers", "enc_heads",
+                     "d_pred", "pred_layers", "pred_heads", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.n_treatments < 0:
+            raise ConfigError(f"model.n_treatments: must be >= 0, got {self.n_treatments}")
+        for width, heads in (("d_enc", "enc_heads"), ("d_pred", "pred_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise ConfigError(f"model.{width}={getattr(self, width)} is not divisible by "
+                                  f"model.{heads}={getattr(self, heads)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"model config: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+# Widths chosen for the hardware each preset targets: `tiny` keeps unit tests in milliseconds, `small`
+# trains a demo on two CPU cores in minutes, `base` matches the paper's ~92 M-parameter predictor.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_enc=64, enc_layers=1, enc_heads=4, d_pred=64, pred_layers=2, pred_heads=4),
+    "small": dict(d_enc=128, enc_layers=2, enc_heads=4, d_pred=128, pred_layers=3, pred_heads=4),
+    "base": dict(d_enc=1024, enc_layers=4, enc_heads=16, d_pred=1024, pred_layers=7, pred_heads=16),
+}
+
+
+def preset(name: str, **dims: Any) -> ModelConfig:
+    """The named preset, with ``dims`` (data dimensions or any size) overriding its defaults."""
+    if name not in PRESETS:
+        raise ConfigError(f"model preset {name!r} is unknown; choose one of {sorted(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **dims})
