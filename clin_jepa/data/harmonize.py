@@ -257,3 +257,17 @@ def attribute_events(h: Harmonized, stays: Stays, horizon_hours: int) -> StayEve
     ok = (offset >= 0) & (offset < horizon_hours * HOUR_US)
     rows = rows[ok]
     return StayEvents(cand[ok].astype(np.int64), offset[ok], h.concept[rows], h.value[rows])
+
+
+def eligible_stay_events(h: Harmonized, horizon_hours: int) -> tuple[Stays, Stays, StayEvents]:
+    """``(all stays, eligible stays, events of eligible stays)``; event ``stay`` indexes eligible stays.
+
+    Events are attributed against all stays first so an ineligible stay still claims its own events.
+    """
+    stays = find_stays(h)
+    ev = attribute_events(h, stays, horizon_hours)
+    keep = stays.eligible
+    renumber = np.cumsum(keep) - 1
+    sel = keep[ev.stay]
+    ev = StayEvents(renumber[ev.stay[sel]], ev.offset[sel], ev.concept[sel], ev.value[sel])
+    return stays, stays.take(keep), ev

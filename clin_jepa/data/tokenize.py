@@ -21,15 +21,7 @@ import numpy as np
 
 from clin_jepa.config import SiteConfig
 from clin_jepa.data.concepts import load_concepts
-from clin_jepa.data.harmonize import (
-    HOUR_US,
-    CodeMapper,
-    StayEvents,
-    Stays,
-    attribute_events,
-    find_stays,
-    harmonize,
-)
+from clin_jepa.data.harmonize import HOUR_US, CodeMapper, Stays, eligible_stay_events, harmonize
 from clin_jepa.data.meds import NAT, SPLIT_CODE, Shard, iter_shards, read_splits, shard_paths, splits_path
 from clin_jepa.data.stats import Discretization
 from clin_jepa.data.tasks import TaskSpec, compute_labels
@@ -139,14 +131,8 @@ class _Tokenizer:
 
     def _one(self, shard: Shard) -> SiteTensors:
         h = harmonize(shard, self.mapper)
-        all_stays = find_stays(h)
-        ev = attribute_events(h, all_stays, self.horizon)
-        keep = all_stays.eligible
-        new_index = np.cumsum(keep) - 1
-        sel = keep[ev.stay]
-        ev_stay = new_index[ev.stay[sel]]
-        offset, concept, value = ev.offset[sel], ev.concept[sel], ev.value[sel]
-        stays = all_stays.take(keep)
+        _, stays, ev = eligible_stay_events(h, self.horizon)
+        ev_stay, offset, concept, value = ev.stay, ev.offset, ev.concept, ev.value
         n, T = len(stays), self.hours
         C, K = len(self.disc.concepts), len(self.disc.treatments)
         duration = stays.end - stays.start
@@ -162,7 +148,7 @@ class _Tokenizer:
         tcol = self.treat_column[concept]
         mt = tok & (tcol >= 0)
         treat[(ev_stay[mt] * T + hour[mt]) * K + tcol[mt]] = 1.0
-        labels = compute_labels(self.tasks, stays, StayEvents(ev_stay, offset, concept, value))
+        labels = compute_labels(self.tasks, stays, ev)
         split = np.array([self.splits.get(int(s), -1) for s in stays.subject], np.int8)
         if (split < 0).any():
             missing = np.unique(stays.subject[split < 0])[:5].tolist()

@@ -1,0 +1,37 @@
+"""``clin-jepa validate site_configs/X.yaml [more.yaml ...]``: check site configs and their datasets.
+
+Prints a summary per valid site, or every problem of an invalid one; exits 2 if any site failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clin_jepa.config import load_site_config
+from clin_jepa.data.tasks import load_tasks
+from clin_jepa.data.validate import validate_site
+from clin_jepa.errors import ClinJepaError
+
+HELP = "check site configs and their MEDS datasets; print a summary or every problem found"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("configs", nargs="+", metavar="SITE_YAML", help="site config file(s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    tasks = load_tasks()
+    failed = 0
+    for path in args.configs:
+        try:
+            summary = validate_site(load_site_config(path), tasks)
+        except ClinJepaError as exc:
+            failed += 1
+            print(f"{path}: INVALID\n{exc}\n", file=sys.stderr)
+            continue
+        print(summary.format() + "\n")
+    if failed:
+        print(f"clin-jepa validate: {failed} of {len(args.configs)} site config(s) failed", file=sys.stderr)
+        return 2
+    return 0

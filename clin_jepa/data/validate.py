@@ -1,0 +1,243 @@
+"""Dataset validation against the MEDS contract and a site config, collecting every problem.
+
+``validate_site(cfg)`` streams the shards once, records every problem it finds (with file, column and
+example rows) and raises one :class:`DataValidationError` listing all of them, or returns a
+:class:`ValidationSummary`. Nothing it does writes to disk. Schema checks live in ``meds_checks``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from clin_jepa.config import SiteConfig
+from clin_jepa.data.concepts import load_concepts
+from clin_jepa.data.harmonize import (
+    HOUR_US,
+    IGNORED,
+    MAPPED,
+    STAY,
+    UNMAPPED,
+    CodeMapper,
+    Harmonized,
+    eligible_stay_events,
+    harmonize,
+    rule_problems,
+)
+from clin_jepa.data.meds import NAT, SPLITS, Shard, codes_path, shard_paths, table_to_shard
+from clin_jepa.data.meds_checks import (
+    Problems,
+    check_codes_file,
+    check_data_schema,
+    read_splits_checked,
+    rows_text,
+)
+from clin_jepa.data.tasks import TaskSpec, compute_labels, load_tasks
+from clin_jepa.errors import DataValidationError
+
+DEATH_GRACE_HOURS = 24  # discharge paperwork is routinely stamped after death; later events are errors
+YEAR_RANGE = (1900, 2100)
+RowsText = Callable[[np.ndarray], str]
+
+
+@dataclass
+class ValidationSummary:
+    """What a valid dataset contains, as printed by ``clin-jepa validate``."""
+
+    site: str
+    root: Path
+    n_files: int = 0
+    n_events: int = 0
+    n_subjects: int = 0
+    split_subjects: dict[str, int] = field(default_factory=dict)
+    n_stays: int = 0
+    n_eligible: int = 0
+    icu_hours: float = 0.0
+    code_counts: Counter = field(default_factory=Counter)
+    code_category: dict[str, int] = field(default_factory=dict)
+    code_concept: dict[str, str] = field(default_factory=dict)
+    task_positive: dict[str, int] = field(default_factory=dict)
+    task_defined: dict[str, int] = field(default_factory=dict)
+
+    def codes_in(self, category: int) -> list[tuple[str, int]]:
+        return sorted(((c, n) for c, n in self.code_counts.items() if self.code_category[c] == category),
+                      key=lambda x: (-x[1], x[0]))
+
+    @property
+    def unmapped_share(self) -> float:
+        unmapped = sum(n for _, n in self.codes_in(UNMAPPED))
+        return unmapped / self.n_events if self.n_events else 0.0
+
+    def format(self) -> str:
+        mapped, unmapped = self.codes_in(MAPPED), self.codes_in(UNMAPPED)
+        splits = ", ".join(f"{k} {v}" for k, v in self.split_subjects.items())
+        lines = [
+            f"site {self.site}: {self.root} - valid",
+            f"  files: {self.n_files} shard(s), {self.n_events:,} events, {self.n_subjects:,} subjects "
+            f"({splits})",
+            f"  ICU stays: {self.n_stays:,} found, {self.n_eligible:,} eligible (>= 24 h, alive at 24 h), "
+            f"{self.icu_hours:,.0f} ICU hours in eligible stays",
+            f"  mapped codes ({len(mapped)}, {sum(n for _, n in mapped):,} events):",
+            *(f"    {c} -> {self.code_concept[c]}: {n:,}" for c, n in mapped),
+            "  stay codes: " + ", ".join(f"{c} {n:,}" for c, n in self.codes_in(STAY)),
+            f"  ignored codes ({len(self.codes_in(IGNORED))}): "
+            + (", ".join(f"{c} {n:,}" for c, n in self.codes_in(IGNORED)[:10]) or "none"),
+            f"  unmapped codes ({len(unmapped)}, {self.unmapped_share:.2%} of events): "
+            + (", ".join(f"{c} {n:,}" for c, n in unmapped[:10]) or "none")
+            + (f", ... {len(unmapped) - 10} more" if len(unmapped) > 10 else ""),
+            "  task positive rates (eligible stays with a defined label):",
+        ]
+        for task, defined in self.task_defined.items():
+            pos = self.task_positive[task]
+            rate = f"{pos / defined:.1%}" if defined else "n/a"
+            lines.append(f"    {task}: {rate} ({pos:,}/{defined:,})")
+        return "\n".join(lines)
+
+
+def _time_checks(p: Problems, name: str, h: Harmonized, rows_of: RowsText) -> None:
+    """Out-of-range times, events before birth or after death (per subject, within the shard)."""
+    s = h.shard
+    timed = s.time != NAT
+    lo, hi = (np.datetime64(f"{y}-01-01", "us").astype(np.int64) for y in YEAR_RANGE)
+    bad = np.flatnonzero(timed & ((s.time < lo) | (s.time >= hi)))
+    if len(bad):
+        p.add(f"{name}: column 'time': {len(bad)} time(s) outside {YEAR_RANGE[0]}-{YEAR_RANGE[1]}; "
+              f"{rows_of(bad)}")
+    for flag, is_birth in ((h.info.is_birth, True), (h.info.is_death, False)):
+        rows = np.flatnonzero(flag[s.code_index] & timed)
+        if len(rows) == 0:
+            continue
+        order = np.lexsort((s.time[rows], s.subject[rows]))
+        subj, t = s.subject[rows][order], s.time[rows][order]
+        first = np.r_[True, subj[1:] != subj[:-1]]
+        subj, t = subj[first], t[first]
+        pos = np.clip(np.searchsorted(subj, s.subject), 0, len(subj) - 1)
+        has = (subj[pos] == s.subject) & timed
+        if is_birth:
+            bad = np.flatnonzero(has & (s.time < t[pos]))
+            text = "event(s) before the subject's MEDS_BIRTH"
+        else:
+            bad = np.flatnonzero(has & (s.time > t[pos] + DEATH_GRACE_HOURS * HOUR_US))
+            text = f"event(s) more than {DEATH_GRACE_HOURS} h after the subject's MEDS_DEATH"
+        if len(bad):
+            p.add(f"{name}: column 'time': {len(bad)} {text}; {rows_of(bad)}")
+
+
+def _negative_checks(p: Problems, name: str, h: Harmonized, rows_of: RowsText) -> None:
+    """Negative canonical values of measurements that cannot be negative (after unit conversion)."""
+    table = load_concepts()
+    nonneg = np.array([c.nonnegative for c in table.measurements] + [False] * len(table.treatments))
+    neg = np.flatnonzero((h.concept >= 0) & nonneg[np.maximum(h.concept, 0)] & (h.value < 0))
+    if len(neg):
+        p.add(f"{name}: column 'numeric_value': {len(neg)} negative value(s) for measurements that cannot "
+              f"be negative; {rows_of(neg)}")
+
+
+def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) -> ValidationSummary:
+    """Check the site's dataset and code map; raise DataValidationError listing every problem."""
+    tasks = load_tasks() if tasks is None else tasks
+    root = cfg.data_path
+    p = Problems()
+    p.extend(rule_problems(cfg))
+    summary = ValidationSummary(cfg.site, root, task_positive={t.name: 0 for t in tasks},
+                                task_defined={t.name: 0 for t in tasks})
+    if not root.is_dir():
+        p.add(f"{root}: data.path does not exist or is not a folder")
+        raise DataValidationError(f"site {cfg.site}", p.items)
+    splits = read_splits_checked(root, p)
+    check_codes_file(codes_path(root), p)
+    paths = shard_paths(root)
+    summary.n_files = len(paths)
+    if not paths:
+        p.add(f"{root}/data: no data shards (expected data/**/*.parquet)")
+    mapper = CodeMapper(cfg)
+    split_ids = np.fromiter(splits or {}, np.int64)
+    usable = 0
+    seen_subjects: list[tuple[str, np.ndarray]] = []
+    horizon = int(max([72, *(t.horizon_hours for t in tasks)]))
+    for path in paths:
+        name = str(path.relative_to(root))
+        table = _read(path, name, p)
+        if table is None or not check_data_schema(table, name, p):
+            continue
+        s = table_to_shard(path, table)
+        usable += 1
+
+        def rows_of(rows: np.ndarray, s: Shard = s) -> str:
+            return rows_text(s, rows)
+
+        h = harmonize(s, mapper)
+        _time_checks(p, name, h, rows_of)
+        _negative_checks(p, name, h, rows_of)
+        uniq = np.unique(s.subject)
+        seen_subjects.append((name, uniq))
+        if splits is not None:
+            missing = uniq[~np.isin(uniq, split_ids)]
+            if len(missing):
+                p.add(f"{name}: column 'subject_id': {len(missing)} subject(s) missing from "
+                      f"metadata/subject_splits.parquet, e.g. {missing[:5].tolist()}")
+        counts = h.code_counts()
+        for code, n, cat, concept in zip(s.codes, counts, h.info.category, h.info.concept, strict=True):
+            summary.code_counts[code] += int(n)
+            summary.code_category[code] = int(cat)
+            if concept >= 0:
+                summary.code_concept[code] = load_concepts().names[concept]
+        summary.n_events += len(s)
+        all_stays, stays, ev = eligible_stay_events(h, horizon)
+        summary.n_stays += len(all_stays)
+        summary.n_eligible += len(stays)
+        summary.icu_hours += float((stays.end - stays.start).sum() / HOUR_US)
+        labels = compute_labels(tasks, stays, ev)
+        for j, t in enumerate(tasks):
+            summary.task_defined[t.name] += int((~np.isnan(labels[:, j])).sum())
+            summary.task_positive[t.name] += int(np.nansum(labels[:, j]))
+    if usable == len(paths) and paths and summary.n_events == 0:
+        p.add(f"{root}/data: the data shards hold no events")
+    _dataset_checks(p, cfg, summary, seen_subjects, splits)
+    if p.items:
+        raise DataValidationError(f"site {cfg.site} ({root})", p.items)
+    return summary
+
+
+def _read(path: Path, name: str, p: Problems) -> object | None:
+    try:
+        return pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is corrupt or not parquet
+        p.add(f"{name}: not a readable parquet file ({type(exc).__name__}: {str(exc)[:200]})")
+        return None
+
+
+def _dataset_checks(p: Problems, cfg: SiteConfig, summary: ValidationSummary,
+                    seen: list[tuple[str, np.ndarray]], splits: dict[int, str] | None) -> None:
+    """Checks that need every shard: subjects in two shards, unmapped share, stay codes."""
+    if len(seen) > 1:
+        names = np.concatenate([np.full(len(u), i) for i, (_, u) in enumerate(seen)])
+        subj = np.concatenate([u for _, u in seen])
+        order = np.argsort(subj, kind="stable")
+        subj, names = subj[order], names[order]
+        dup = np.flatnonzero(subj[1:] == subj[:-1])
+        if len(dup):
+            examples = [f"{subj[i]} ({seen[names[i]][0]} and {seen[names[i + 1]][0]})" for i in dup[:5]]
+            p.add(f"column 'subject_id': {len(dup)} subject(s) appear in more than one shard (MEDS keeps a "
+                  f"subject in one shard), e.g. {'; '.join(examples)}")
+    if summary.n_events:
+        share = summary.unmapped_share
+        if share > cfg.max_unmapped_share:
+            top = ", ".join(f"{c} ({n:,})" for c, n in summary.codes_in(UNMAPPED)[:10])
+            p.add(f"column 'code': {share:.2%} of events have codes the code_map does not map "
+                  f"(max_unmapped_share {cfg.max_unmapped_share:.2%}); add them to code_map or ignore_codes: "
+                  f"{top}")
+        codes = summary.code_counts
+        mapper = CodeMapper(cfg)
+        for key, want in (("icu_stay.start", True), ("icu_stay.end", False)):
+            hits = [c for c in codes if mapper.decide(c)[4 if want else 5]]
+            if not hits:
+                p.add(f"{key}: regex {getattr(cfg.stay, key.split('.')[1])!r} matches no code in the data")
+    if splits is not None:
+        summary.split_subjects = {name: sum(1 for v in splits.values() if v == name) for name in SPLITS}
+    summary.n_subjects = int(len(np.unique(np.concatenate([u for _, u in seen])))) if seen else 0
