@@ -38,6 +38,7 @@ def test_roundtrip_and_signature_is_standard_ecdsa_sha256(keys, ckpt):
     assert sig == signature_path(ckpt) and sig.name == "round_0003.pt.sig"
     verify_file(ckpt, a.signing_pub)
     verify_file(ckpt, a.node_signing_pub("n"))  # the copy each hospital receives
+    verify_file(ckpt, a.signing_key)  # the ServerApp checks a resumed checkpoint with its own key
     # Independent check: the stored signature is plain ECDSA/SHA-256 over the file's bytes.
     doc = json.loads(sig.read_text())
     pub = serialization.load_pem_public_key(a.signing_pub.read_bytes())

@@ -78,10 +78,17 @@ def load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
 
 
 def load_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
-    """Load the coordinator's PEM public key (``coordinator/signing.pub``)."""
+    """Load the coordinator's PEM public key (``coordinator/signing.pub``).
+
+    The private ``signing.key`` is accepted too (its public half is used), so the ServerApp can check
+    a checkpoint it resumes from with the one key path it already has.
+    """
     path = Path(path)
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        data = path.read_bytes()
+        if b"PRIVATE KEY-----" in data:
+            return load_private_key(path).public_key()
+        key = serialization.load_pem_public_key(data)
     except FileNotFoundError as exc:
         raise CheckpointError(
             f"public signing key {path} does not exist; every site needs the coordinator's "
