@@ -45,10 +45,19 @@ def rows_text(s: Shard, rows: np.ndarray) -> str:
     return "e.g. " + "; ".join(parts)
 
 
+def _fmt(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, float | np.floating):
+        return f"{v:g}"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
 def _table_rows(table: pa.Table, rows: np.ndarray) -> str:
-    df = table.take(pa.array(rows[:N_EXAMPLES], pa.int64())).to_pandas()
-    shown = [f"row {int(r)} ({', '.join(f'{k} {v!r}' for k, v in rec.items())})"
-             for r, rec in zip(rows[:N_EXAMPLES], df.to_dict("records"), strict=False)]
+    """Example rows of a table that may not have MEDS types (values shown as stored)."""
+    records = table.take(pa.array(rows[:N_EXAMPLES], pa.int64())).to_pylist()
+    shown = [f"row {int(r)} ({', '.join(f'{k} {_fmt(v)}' for k, v in rec.items())})"
+             for r, rec in zip(rows[:N_EXAMPLES], records, strict=True)]
     return "e.g. " + "; ".join(shown)
 
 
