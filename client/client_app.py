@@ -1,0 +1,95 @@
+"""Flower ClientApp: converts Messages to calls on the site's cached state (``client.site``) and back.
+
+Two handlers:
+
+* ``query.statistics`` — the statistics round: this site's mergeable value histograms and code counts
+  (arrays only, never rows) and the site's name; with ``what="identify"`` only the name (a resumed server
+  maps nodes to sites without recomputing statistics);
+* ``train`` — one round of local training on the groups the server sent; the reply is one ArrayRecord with
+  exactly the trained groups and one MetricRecord with ``num-examples`` and the losses and monitors.
+
+A raised exception becomes a Flower error reply; the server logs it and goes on with the other sites.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site import ServerSchedule, Site, get_site, site_config_path
+from clin_jepa.curriculum import Phase
+from clin_jepa.data.stats import Discretization
+from clin_jepa.federation import FederationConfig, split_groups, unpack_arrays
+from clin_jepa.models import ModelConfig
+
+app = ClientApp()
+
+
+def _site(context: Context) -> tuple[Site, FederationConfig]:
+    fed = FederationConfig.from_run_config(context.run_config)
+    if "partition-id" in context.node_config:
+        # Simulated sites share the machine's cores: one thread each keeps parallel workers from thrashing.
+        torch.set_num_threads(1)
+    return get_site(site_config_path(dict(context.node_config), fed)), fed
+
+
+@app.query("statistics")
+def statistics(msg: Message, context: Context) -> Message:
+    site, _ = _site(context)
+    what = msg.content["config"].get("what", "statistics")
+    info = ConfigRecord({"site": site.name})
+    if what == "identify":
+        return Message(RecordDict({"site": info}), reply_to=msg)
+    stats = site.statistics()
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.to_arrays().items()})
+    return Message(RecordDict({"statistics": arrays, "metrics": MetricRecord({"num-examples": stats.n_stays}),
+                              "site": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    site, fed = _site(context)
+    config = msg.content["config"]
+    rnd = int(config["server-round"])
+    trains = tuple(str(config["trains"]).split(","))
+    sent = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    groups = split_groups({**sent, **unpack_arrays(bytes(config["frozen-groups"]))})
+    phase = Phase(str(config["phase"]), int(config["phase-index"]), "encoder" in trains,
+                  "predictor" in trains, 1.0, 0, 0)
+    step0, n_steps = int(config["global-step"]), int(config["local-steps"])
+    schedule = ServerSchedule(phase, tuple(float(x) for x in config["lr-steps"]), step0)
+    disc = Discretization.from_dict(json.loads(str(config["discretization"])))
+    model_cfg = ModelConfig.from_dict(json.loads(str(config["model-config"])))
+    _inject_fault(fed, site.name, rnd, "before")
+    trained, metrics = site.train_round(model_cfg, disc, groups, schedule, n_steps, fed,
+                                        str(config["run-id"]), rnd)
+    reply = {f"{g}.{k}": v for g, state in trained.items() for k, v in state.items()}
+    if set(reply) != set(sent):
+        raise RuntimeError(f"site {site.name}: trained keys differ from the keys the server sent")
+    reply = _inject_fault(fed, site.name, rnd, "after", reply) or reply
+    metrics["client-time-s"] = time.perf_counter() - t0
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(reply[k])) for k in sent})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def _inject_fault(fed: FederationConfig, site: str, rnd: int, when: str,
+                  reply: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
+    """Test hook (run config ``fault-site``/``fault-kind``/``fault-round``): make one site misbehave."""
+    if fed.fault_site != site or fed.fault_round not in (0, rnd):
+        return None
+    if when == "before" and fed.fault_kind == "raise":
+        raise RuntimeError(f"injected fault at site {site} in round {rnd}")
+    if when == "before" and fed.fault_kind == "sleep":
+        time.sleep(fed.round_timeout + 5)
+    if when == "after" and reply is not None and fed.fault_kind == "nan":
+        first = sorted(reply)[0]
+        return {**reply, first: np.full_like(reply[first], np.nan)}
+    if when == "after" and reply is not None and fed.fault_kind == "scale":
+        return {k: v * np.float32(1e4) for k, v in reply.items()}
+    return None

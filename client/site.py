@@ -1,0 +1,162 @@
+"""Per-site state of a ClientApp process, cached across rounds.
+
+A simulation runs each site's rounds in whichever worker process is free, and a deployed SuperNode may
+restart, so state lives at two levels:
+
+* in memory (module-level ``_SITES``): the parsed site config, its statistics, the prepared train tensors
+  (keyed by the discretization's fingerprint, so rounds never re-read parquet), the model and optimizer;
+* on disk in the site's ``state_dir``: the tensor cache (``build_site_tensors``) and, per run, the
+  optimizer's moments stamped with the round they belong to, so a worker that did not run the previous
+  round, or a restarted node, continues exactly where the site left off.
+
+Invariant: the optimizer state used in round ``r`` is the one produced by this site in round ``r - 1`` of
+the same run, or a fresh one when the site did not take part then.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clin_jepa.config import SiteConfig, load_site_config
+from clin_jepa.curriculum import CurriculumConfig, Phase, StepPlan
+from clin_jepa.data.dataset import infinite_batches
+from clin_jepa.data.stats import Discretization, SiteStatistics, compute_site_statistics
+from clin_jepa.data.tasks import load_tasks
+from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
+from clin_jepa.errors import ConfigError
+from clin_jepa.federation import FederationConfig
+from clin_jepa.io import atomic_write_bytes
+from clin_jepa.models import ClinJEPA, ModelConfig, get_group_state, set_group_state
+from clin_jepa.train import build_optimizer, train_steps
+
+_SITES: dict[Path, Site] = {}
+
+
+@dataclass(frozen=True)
+class ServerSchedule:
+    """The server's plan for one round: its phase, one lr per local step, and momentum 1 (the target
+    encoder is the server's EMA; clients never move it)."""
+
+    phase: Phase
+    lrs: tuple[float, ...]
+    step0: int
+
+    def at(self, step: int) -> StepPlan:
+        return StepPlan(self.phase, self.lrs[step - self.step0], 1.0)
+
+
+def site_config_path(node_config: dict[str, Any], cfg: FederationConfig) -> Path:
+    """The site this node plays: ``site-config`` (deployment) or ``partition-id`` into ``site-configs``."""
+    if "site-config" in node_config:
+        return cfg.resolve(str(node_config["site-config"]))
+    if "partition-id" in node_config:
+        index = int(node_config["partition-id"])
+        if not 0 <= index < len(cfg.site_configs):
+            raise ConfigError(f"node partition-id {index} has no site: run config site-configs lists "
+                              f"{len(cfg.site_configs)} site(s); simulate that many SuperNodes "
+                              f"(flwr run . --federation-config 'num-supernodes={len(cfg.site_configs)}')")
+        return cfg.resolve(cfg.site_configs[index])
+    raise ConfigError("node config gives neither 'site-config' (path to the site YAML) nor 'partition-id'; "
+                      "start the SuperNode with --node-config 'site-config=\"/path/to/site.yaml\"'")
+
+
+def get_site(path: Path) -> Site:
+    """The cached :class:`Site` for a site config file (reloaded if the file changed)."""
+    path = path.resolve()
+    stamp = path.stat().st_mtime_ns if path.exists() else 0
+    site = _SITES.get(path)
+    if site is None or site.stamp != stamp:
+        site = Site(load_site_config(path), stamp)
+        _SITES[path] = site
+    return site
+
+
+@dataclass
+class Site:
+    cfg: SiteConfig
+    stamp: int = 0
+    _stats: SiteStatistics | None = None
+    _tensors: dict[tuple[str, int], SiteTensors] = field(default_factory=dict)
+    _model: tuple[ModelConfig, ClinJEPA] | None = None
+    _optim: tuple[str, int, torch.optim.Optimizer] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.site
+
+    def statistics(self) -> SiteStatistics:
+        if self._stats is None:
+            self._stats = compute_site_statistics(self.cfg)
+        return self._stats
+
+    def train_tensors(self, disc: Discretization, hours: int) -> SiteTensors:
+        key = (disc.fingerprint(), hours)
+        if key not in self._tensors:
+            self._tensors = {key: build_site_tensors(self.cfg, disc, load_tasks(), hours).subset("train")}
+        return self._tensors[key]
+
+    def model(self, model_cfg: ModelConfig) -> ClinJEPA:
+        if self._model is None or self._model[0] != model_cfg:
+            self._model = (model_cfg, ClinJEPA(model_cfg))
+            self._optim = None
+        return self._model[1]
+
+    def _optimizer_path(self, run_id: str) -> Path:
+        return Path(self.cfg.state_dir) / "federated" / run_id / "optimizer.pt"
+
+    def optimizer(self, model: ClinJEPA, cur: CurriculumConfig, run_id: str,
+                  rnd: int) -> torch.optim.Optimizer:
+        """The optimizer carrying this site's moments from round ``rnd - 1`` of run ``run_id``, if any."""
+        if self._optim is not None and self._optim[:2] == (run_id, rnd - 1):
+            return self._optim[2]
+        opt = build_optimizer(model, cur)
+        path = self._optimizer_path(run_id)
+        if path.exists():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("round") == rnd - 1:
+                opt.load_state_dict(saved["state"])
+        return opt
+
+    def keep_optimizer(self, opt: torch.optim.Optimizer, run_id: str, rnd: int) -> None:
+        self._optim = (run_id, rnd, opt)
+        buf = io.BytesIO()
+        torch.save({"round": rnd, "state": opt.state_dict()}, buf)
+        atomic_write_bytes(self._optimizer_path(run_id), buf.getvalue())
+
+    def train_round(self, model_cfg: ModelConfig, disc: Discretization,
+                    groups: dict[str, dict[str, np.ndarray]], schedule: ServerSchedule, n_steps: int,
+                    fed: FederationConfig, run_id: str, rnd: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+        """Load the server's groups, run ``n_steps`` local steps, return the trained groups and metrics."""
+        tensors = self.train_tensors(disc, fed.hours)
+        model = self.model(model_cfg)
+        for g, state in groups.items():
+            set_group_state(model, g, {k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+        opt = self.optimizer(model, fed.curriculum, run_id, rnd)
+        batch_size = fed.batch_size or self.cfg.batch_size
+        batches = infinite_batches(tensors, batch_size, fed.seed, start_step=schedule.step0)
+        monitors: dict[str, float] = {}
+        metrics, _ = train_steps(model, batches, opt, schedule, schedule.step0, n_steps,
+                                 device=_device(self.cfg.device), log_every=n_steps,
+                                 on_log=lambda _s, m: monitors.update(m))
+        self.keep_optimizer(opt, run_id, rnd)
+        trained = {g: {k: v.numpy() for k, v in get_group_state(model, g).items()}
+                   for g in schedule.phase.trainable}
+        # Losses are means over the round; monitors (collapse, effective rank, E/Ē drift) are from its
+        # last step, where they describe the weights the site sends back.
+        out = {k: float(v) for k, v in metrics.items() if k != "num_examples"}
+        out.update({f"monitor-{k}": float(v) for k, v in monitors.items() if k not in metrics})
+        out["num-examples"] = int(metrics["num_examples"])
+        out["train-rows"] = len(tensors)
+        return trained, out
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

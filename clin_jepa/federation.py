@@ -1,0 +1,295 @@
+"""Federated training as pure functions: run config, per-round plan, target EMA, outlier rule.
+
+Nothing here imports Flower. The ServerApp and ClientApp read Flower's flat kebab-case run config through
+:meth:`FederationConfig.from_run_config` (the one place where those keys are parsed) and ask
+:func:`plan_round` what a round does, so the schedule can be tested, resumed and reproduced without a
+federation running.
+
+Rounds: round 0 is the statistics round (no training); training rounds are ``1..num_rounds``. The server
+owns the curriculum *in rounds*: round ``r`` runs phase ``phase_at(r - 1, num_rounds)``, and its local steps
+are the global steps ``[(r - 1) * K, r * K)`` of a ``num_rounds * K`` step budget for the learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clin_jepa.curriculum import HARD_SYNC, PHASES, CurriculumConfig, boundary_actions, lr_at, phase_at
+from clin_jepa.errors import ConfigError
+
+FAULT_KINDS = ("raise", "nan", "scale", "sleep")
+DP_CENTRAL = ("off", "client-fixed", "server-fixed")
+
+# The groups a client needs to run a phase, besides the ones it trains: E gives the context inputs when it
+# is frozen, and Ē gives the targets whenever anything trains.
+ENCODER, TARGET, PREDICTOR = "encoder", "target_encoder", "predictor"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Every tunable of a federated run. Paths are as given; resolve them with :meth:`resolve`.
+
+    Invariants: ``num_rounds >= 1``, ``local_steps >= 1``, ``1 <= min_sites``; ``site_configs`` is the
+    simulation's partition table (partition ``i`` plays ``site_configs[i]``).
+    """
+
+    num_rounds: int = 20
+    local_steps: int = 10
+    curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
+    preset: str = "small"
+    seed: int = 0
+    checkpoint_dir: str = "runs/federated"
+    resume_from: str = ""
+    min_sites: int = 2
+    round_timeout: float = 600.0
+    site_configs: tuple[str, ...] = ("site_configs/hospital_a.yaml", "site_configs/hospital_b.yaml",
+                                     "site_configs/hospital_c.yaml")
+    synth_if_missing: bool = True
+    n_bins: int = 10
+    hours: int = 72
+    batch_size: int = 0
+    max_norm_ratio: float = 10.0
+    dp_central: str = "off"
+    dp_noise_multiplier: float = 0.0
+    dp_clipping_norm: float = 1.0
+    stop_after: int = 0
+    fault_site: str = ""
+    fault_kind: str = "raise"
+    fault_round: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_rounds", "local_steps", "min_sites", "n_bins", "hours"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"run config {_kebab(name)}: must be >= 1, got {getattr(self, name)}")
+        if self.n_bins < 2:
+            raise ConfigError(f"run config n-bins: must be >= 2, got {self.n_bins}")
+        if self.stop_after < 0:
+            raise ConfigError(f"run config stop-after: must be >= 0 (0 = run all rounds), "
+                              f"got {self.stop_after}")
+        if self.batch_size < 0:
+            raise ConfigError(f"run config batch-size: must be >= 0 (0 = each site's own), "
+                              f"got {self.batch_size}")
+        if self.round_timeout <= 0:
+            raise ConfigError(f"run config round-timeout: must be > 0 seconds, got {self.round_timeout}")
+        if self.max_norm_ratio <= 1:
+            raise ConfigError(f"run config max-norm-ratio: must be > 1, got {self.max_norm_ratio}")
+        if not self.site_configs:
+            raise ConfigError("run config site-configs: give at least one site config path")
+        if self.dp_central not in DP_CENTRAL:
+            raise ConfigError(f"run config dp-central: {self.dp_central!r} is not one of {list(DP_CENTRAL)}")
+        if self.fault_kind not in FAULT_KINDS:
+            raise ConfigError(f"run config fault-kind: {self.fault_kind!r} is not one of {list(FAULT_KINDS)}")
+
+    @property
+    def total_steps(self) -> int:
+        """The step budget the learning-rate schedule spans."""
+        return self.num_rounds * self.local_steps
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationConfig:
+        """Parse Flower's flat run config (``[tool.flwr.app.config]`` plus ``--run-config`` overrides).
+
+        Unknown keys are an error, so a misspelt override cannot silently do nothing.
+        """
+        raw = dict(run_config)
+        unknown = sorted(set(raw) - set(_RUN_CONFIG_KEYS))
+        if unknown:
+            raise ConfigError(f"run config: unknown key(s) {unknown}; known keys: {sorted(_RUN_CONFIG_KEYS)}")
+        kwargs: dict[str, Any] = {}
+        cur: dict[str, Any] = {}
+        for key, value in raw.items():
+            target, typ = _RUN_CONFIG_KEYS[key]
+            value = _coerce(key, value, typ)
+            if target.startswith("curriculum."):
+                cur[target.split(".", 1)[1]] = value
+            else:
+                kwargs[target] = value
+        if "fractions" in cur:
+            cur["fractions"] = _fractions(cur["fractions"])
+        kwargs["curriculum"] = CurriculumConfig.from_dict(cur)
+        if "site_configs" in kwargs:
+            kwargs["site_configs"] = tuple(p.strip() for p in kwargs["site_configs"].split(",") if p.strip())
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["curriculum"] = self.curriculum.to_dict()
+        d["site_configs"] = list(self.site_configs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FederationConfig:
+        d = dict(d)
+        d["curriculum"] = CurriculumConfig.from_dict(d.get("curriculum", {}))
+        d["site_configs"] = tuple(d.get("site_configs", ()))
+        return cls(**d)
+
+    def resolve(self, path: str, base: Path | None = None) -> Path:
+        """A run-config path made absolute against ``base`` (default: the working directory)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else ((base or Path.cwd()) / p).resolve()
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+# run-config key -> (FederationConfig field or "curriculum.<field>", type)
+_RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
+    **{_kebab(f.name): (f.name, t) for f, t in (
+        (f, {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type), str))
+        for f in dataclasses.fields(FederationConfig) if f.name != "curriculum")},
+    "site-configs": ("site_configs", str),
+    "mode": ("curriculum.mode", str),
+    "phase-fractions": ("curriculum.fractions", str),
+    "lr": ("curriculum.lr", float),
+    "min-lr": ("curriculum.min_lr", float),
+    "lr-warmup": ("curriculum.lr_warmup", float),
+    "weight-decay": ("curriculum.weight_decay", float),
+    "base-momentum": ("curriculum.base_momentum", float),
+    "align-momentum": ("curriculum.align_momentum", float),
+    "frozen-fraction": ("curriculum.frozen_fraction", float),
+}
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
+        raise ConfigError(f"run config {key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        raise ConfigError(f"run config phase-fractions: expected {len(PHASES)} numbers separated by commas "
+                          f"({', '.join(PHASES)}), got {text!r}") from None
+    return values
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What training round ``round`` does. ``download`` are the groups sent to clients (the ones they
+    train plus the frozen ones they need), ``upload`` the groups clients return (exactly what they train).
+    ``lrs`` holds the learning rate of each local step. ``momentum`` is applied once per round on the
+    server: ``Ē <- m Ē + (1 - m) E_aggregated``.
+    """
+
+    round: int
+    phase: str
+    phase_index: int
+    global_step: int
+    local_steps: int
+    total_steps: int
+    lrs: tuple[float, ...]
+    momentum: float
+    hard_sync: bool
+    upload: tuple[str, ...]
+    download: tuple[str, ...]
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """Groups sent for reading only (never returned)."""
+        return tuple(g for g in self.download if g not in self.upload)
+
+
+def plan_round(rnd: int, cfg: FederationConfig) -> RoundPlan:
+    """The plan of training round ``rnd`` (1-based). Pure: a resumed server computes the same plan."""
+    if not 1 <= rnd <= cfg.num_rounds:
+        raise ConfigError(f"training round {rnd} is outside 1..{cfg.num_rounds}")
+    phase = phase_at(rnd - 1, cfg.num_rounds, cfg.curriculum)
+    upload = phase.trainable
+    download = tuple(g for g in (ENCODER, TARGET, PREDICTOR) if g in upload or g != PREDICTOR)
+    step0 = (rnd - 1) * cfg.local_steps
+    # The server applies the EMA once per round for K local steps: compounding keeps the per-step
+    # momentum of the schedule, so the target moves as far as it would centrally over the same steps.
+    momentum = float(phase.ema_momentum) ** cfg.local_steps if phase.trains_encoder else 1.0
+    return RoundPlan(
+        round=rnd, phase=phase.name, phase_index=phase.index, global_step=step0,
+        local_steps=cfg.local_steps, total_steps=cfg.total_steps,
+        lrs=tuple(lr_at(s, cfg.total_steps, cfg.curriculum) for s in range(step0, step0 + cfg.local_steps)),
+        momentum=momentum,
+        hard_sync=HARD_SYNC in boundary_actions(rnd - 1, rnd, cfg.num_rounds, cfg.curriculum),
+        upload=upload, download=download)
+
+
+def ema_update(target: Mapping[str, np.ndarray], online: Mapping[str, np.ndarray],
+               momentum: float) -> dict[str, np.ndarray]:
+    """``m * target + (1 - m) * online`` per tensor; ``m = 0`` copies ``online``, ``m = 1`` keeps ``target``.
+
+    Integer buffers (if any) are copied from ``online``: they are counters, not weights.
+    """
+    if set(target) != set(online):
+        raise ConfigError(f"EMA: target and online tensors differ in names: "
+                          f"{sorted(set(target) ^ set(online))[:5]}")
+    out = {}
+    for k, t in target.items():
+        o = np.asarray(online[k])
+        if momentum == 0.0 or not np.issubdtype(o.dtype, np.floating):
+            out[k] = o.copy()
+        elif momentum == 1.0:
+            out[k] = np.asarray(t).copy()
+        else:
+            out[k] = (momentum * np.asarray(t, dtype=np.float64)
+                      + (1.0 - momentum) * o.astype(np.float64)).astype(o.dtype)
+    return out
+
+
+def update_norm(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of ``new - old`` over all tensors (the size of a client's update)."""
+    total = 0.0
+    for k, v in new.items():
+        d = np.asarray(v, dtype=np.float64) - np.asarray(old[k], dtype=np.float64)
+        total += float(np.sum(d * d))
+    return float(np.sqrt(total))
+
+
+def norm_outliers(norms: Mapping[Any, float], ratio: float) -> dict[Any, str]:
+    """Replies whose update norm exceeds ``ratio`` × the median of the *other* replies' norms.
+
+    Comparing against the others (not a median that includes the candidate) flags one absurd update even
+    among two sites. With a single reply nothing can be compared, so nothing is flagged.
+    """
+    flagged = {}
+    for key, norm in norms.items():
+        others = [n for k, n in norms.items() if k != key]
+        if not others:
+            continue
+        ref = float(np.median(others))
+        if norm > ratio * max(ref, 1e-12):
+            flagged[key] = f"update norm {norm:.4g} > {ratio:g} x median of the others ({ref:.4g})"
+    return flagged
+
+
+def pack_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Arrays as one ``.npz`` blob (no pickling), for read-only groups sent next to the trained ones."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def split_groups(flat: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """``{"encoder.layer.w": a}`` -> ``{"encoder": {"layer.w": a}}`` (wire names are ``<group>.<param>``)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in flat.items():
+        group, _, name = key.partition(".")
+        out.setdefault(group, {})[name] = value
+    return out
+
+
+def join_groups(groups: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {f"{g}.{k}": v for g, state in groups.items() for k, v in state.items()}

@@ -1,0 +1,142 @@
+"""Flower ServerApp: the federated curriculum, round by round.
+
+Round 0 (statistics) fixes the shared discretization; rounds ``1..num-rounds`` each follow
+``clin_jepa.federation.plan_round``: send the phase's groups, screen the replies, let FedAvg average the
+accepted ones, move the target encoder, checkpoint and log. A site that fails, times out or sends an
+unusable reply is logged and left out of that round; the round needs ``min-sites`` accepted replies to
+change the model.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import ERROR, INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+
+from clin_jepa.cli import main as clin_jepa_cli
+from clin_jepa.config import load_site_config
+from clin_jepa.errors import ClinJepaError, ConfigError
+from clin_jepa.federation import FederationConfig, RoundPlan, plan_round
+from server.checks import screen_replies
+from server.state import ServerState, resume_state, save_round, truncate_metrics
+from server.stats_round import query_sites
+from server.strategy import ClinJepaFedAvg, wrap_for_privacy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    try:
+        cfg = FederationConfig.from_run_config(context.run_config)
+        run_federation(grid, cfg)
+    except ClinJepaError as exc:
+        log(ERROR, "Clin-JEPA federation stopped: %s", exc)
+        raise
+
+
+def ensure_site_data(cfg: FederationConfig) -> None:
+    """Generate the synthetic demo hospitals when the configured sites' data is absent (deterministic)."""
+    if not cfg.synth_if_missing:
+        return
+    paths = [cfg.resolve(p) for p in cfg.site_configs]
+    data = [load_site_config(p).data_path for p in paths if p.exists()]
+    missing = [d for d in data if not d.exists()]
+    if not missing:
+        return
+    out = missing[0].parent
+    log(INFO, "Site data missing under %s: generating %d synthetic hospitals", out, len(paths))
+    if clin_jepa_cli(["synth", "--out", str(out), "--sites", str(len(paths))]) != 0:
+        raise ConfigError(f"could not generate synthetic data in {out}; run `clin-jepa synth --out {out}`")
+
+
+def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
+    out_dir = cfg.resolve(cfg.checkpoint_dir)
+    ensure_site_data(cfg)
+    if cfg.resume_from:
+        state = resume_state(cfg, cfg.resolve(cfg.resume_from))
+        roster = query_sites(grid, cfg, "identify")
+        truncate_metrics(out_dir, state.round)
+        log(INFO, "Resuming after round %d from %s", state.round, cfg.resume_from)
+    else:
+        t0 = time.perf_counter()
+        roster = query_sites(grid, cfg, "statistics")
+        state = ServerState.initial(cfg, roster.discretization(cfg.n_bins))
+        truncate_metrics(out_dir, -1)
+        line = {"round": 0, "phase": "statistics", "round_time_s": time.perf_counter() - t0,
+                "discretization": state.disc.fingerprint(),
+                "sites": {roster.sites[n]: {"status": "ok", "n_stays": s.n_stays, "n_subjects": s.n_subjects}
+                          for n, s in roster.stats.items()},
+                "failed": {str(n): w for n, w in roster.problems.items()}}
+        save_round(state, out_dir, 0, "statistics", line, sorted(roster.sites.values()))
+    strategy = ClinJepaFedAvg(cfg, state, roster.sites)
+    outer = wrap_for_privacy(strategy, cfg)
+    for rnd in range(state.round + 1, cfg.num_rounds + 1):
+        run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
+        if cfg.stop_after and rnd >= cfg.stop_after:
+            log(WARNING, "Stopping after round %d (stop-after); resume with --run-config "
+                "'resume-from=\"%s\"'", rnd, out_dir)
+            break
+    log(INFO, "Final checkpoint: %s", out_dir / "ckpt.pt")
+    return state
+
+
+def _nbytes(record: ArrayRecord) -> int:
+    return sum(len(a.data) for a in record.values())
+
+
+def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: ClinJepaFedAvg,
+              outer: Strategy, plan: RoundPlan, out_dir: Path) -> dict[str, Any]:
+    """One training round; returns (and logs) its metrics line."""
+    t0 = time.perf_counter()
+    state.begin_round(plan)
+    sent = state.flat(plan.upload)
+    arrays = ArrayRecord({k: Array(v) for k, v in sent.items()})
+    messages = list(outer.configure_train(plan.round, arrays, ConfigRecord(), grid))
+    asked = {m.metadata.dst_node_id for m in messages}
+    down = _nbytes(arrays) + strategy.last_frozen_bytes
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    screened = screen_replies(replies, asked, sent, cfg.max_norm_ratio)
+    sites: dict[str, dict[str, Any]] = {}
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if not msg.has_error():
+            metrics = {k: v for mr in msg.content.metric_records.values() for k, v in mr.items()}
+            up = sum(_nbytes(r) for r in msg.content.array_records.values())
+            sites[strategy.site_nodes.get(node, str(node))] = {"status": "ok", "bytes_up": up, **metrics}
+    for node, (status, reason) in screened.problems.items():
+        name = strategy.site_nodes.get(node, str(node))
+        sites.setdefault(name, {}).update(status=status, reason=reason)
+        log(WARNING, "Round %d: site %s %s: %s", plan.round, name, status, reason)
+    for node in asked:
+        entry = sites.setdefault(strategy.site_nodes.get(node, str(node)), {"status": "timeout"})
+        entry["bytes_down"] = down
+        entry.setdefault("bytes_up", 0)
+        if node in screened.norms:
+            entry["update_norm"] = screened.norms[node]
+    aggregated, agg_metrics = None, None
+    if len(screened.accepted) >= cfg.min_sites:
+        agg_arrays, agg_metrics = outer.aggregate_train(plan.round, screened.accepted)
+        aggregated = None if agg_arrays is None else {k: v.numpy() for k, v in agg_arrays.items()}
+    else:
+        log(WARNING, "Round %d: %d accepted repl(ies) < min-sites %d: the model is not updated",
+            plan.round, len(screened.accepted), cfg.min_sites)
+    state.end_round(plan, aggregated)
+    line = {"round": plan.round, "phase": plan.phase, "global_step": plan.global_step,
+            "local_steps": plan.local_steps, "lr": plan.lrs[0], "momentum": plan.momentum,
+            "hard_sync": plan.hard_sync, "upload": list(plan.upload), "download": list(plan.download),
+            "updated": aggregated is not None, "accepted": len(screened.accepted),
+            "aggregate": dict(agg_metrics) if agg_metrics is not None else {},
+            "target_gap": state.target_gap(), "sites": sites, "round_time_s": time.perf_counter() - t0}
+    save_round(state, out_dir, plan.global_step + plan.local_steps, plan.phase, line,
+               sorted(strategy.site_nodes.values()))
+    log(INFO, "Round %d (%s): loss %.4f, %d/%d sites accepted, %.1f s", plan.round, plan.phase,
+        float(line["aggregate"].get("loss", float("nan"))), len(screened.accepted), len(asked),
+        line["round_time_s"])
+    return line

@@ -1,0 +1,159 @@
+"""The server's global model state, its per-round checkpoint, the metrics JSONL and resume.
+
+The global state is three parameter groups as numpy arrays (E, Ē, P) plus the discretization and the
+round last completed. After every training round it is written with ``clin_jepa.checkpoint`` (atomic) as
+``<checkpoint-dir>/round_XXXX.pt`` and ``<checkpoint-dir>/ckpt.pt`` (the latest), and one JSON line is
+appended to ``<checkpoint-dir>/metrics.jsonl``. ``resume-from`` reloads ``ckpt.pt`` and continues at the
+next round with the same schedule; the schedule-defining settings must match.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from clin_jepa.data.stats import Discretization
+from clin_jepa.errors import CheckpointError, ConfigError
+from clin_jepa.federation import FederationConfig, RoundPlan, ema_update
+from clin_jepa.io import atomic_write_text
+from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, preset
+
+LATEST = "ckpt.pt"
+METRICS = "metrics.jsonl"
+# Settings that define the schedule: a resumed run must agree on them or it would not continue the same run.
+SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "preset", "seed", "n_bins", "hours", "batch_size")
+
+
+def model_config_for(cfg: FederationConfig, disc: Discretization) -> ModelConfig:
+    """The preset sized to the shared discretization (its data dimensions come from the vocabulary)."""
+    return preset(cfg.preset, n_concepts=len(disc.concepts), n_treatments=len(disc.treatments),
+                  n_bins=disc.n_bins, max_hours=max(cfg.hours, 8))
+
+
+@dataclass
+class ServerState:
+    """Invariant: ``groups`` holds every group in ``GROUPS``; ``round`` is the last completed round
+    (0 after the statistics round)."""
+
+    cfg: FederationConfig
+    disc: Discretization
+    model_cfg: ModelConfig
+    groups: dict[str, dict[str, np.ndarray]]
+    round: int = 0
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    @classmethod
+    def initial(cls, cfg: FederationConfig, disc: Discretization) -> ServerState:
+        """A fresh model, seeded by ``cfg.seed`` (``Ē`` starts equal to ``E``)."""
+        model_cfg = model_config_for(cfg, disc)
+        torch.manual_seed(cfg.seed)
+        model = ClinJEPA(model_cfg)
+        groups = {g: {k: v.numpy() for k, v in get_group_state(model, g).items()} for g in GROUPS}
+        return cls(cfg, disc, model_cfg, groups)
+
+    def flat(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Wire form of some groups: ``<group>.<param>`` -> array."""
+        return {f"{g}.{k}": v for g in names for k, v in self.groups[g].items()}
+
+    def begin_round(self, plan: RoundPlan) -> None:
+        """Boundary actions that precede the round's training (the hard sync copies E into Ē)."""
+        if plan.hard_sync:
+            self.groups["target_encoder"] = ema_update(self.groups["target_encoder"],
+                                                       self.groups["encoder"], 0.0)
+
+    def end_round(self, plan: RoundPlan, aggregated: dict[str, np.ndarray] | None) -> None:
+        """Install the aggregated groups (None: the round produced no update) and move Ē by EMA."""
+        if aggregated is not None:
+            for g in plan.upload:
+                prefix = f"{g}."
+                self.groups[g] = {k[len(prefix):]: np.asarray(v, dtype=self.groups[g][k[len(prefix):]].dtype)
+                                  for k, v in aggregated.items() if k.startswith(prefix)}
+            if "encoder" in plan.upload:
+                self.groups["target_encoder"] = ema_update(self.groups["target_encoder"],
+                                                           self.groups["encoder"], plan.momentum)
+        self.round = plan.round
+
+    def target_gap(self) -> float:
+        """Max |E - Ē| over all parameters (0 exactly after a hard sync)."""
+        return max(float(np.max(np.abs(self.groups["encoder"][k] - t)))
+                   for k, t in self.groups["target_encoder"].items() if t.size)
+
+    def checkpoint(self, step: int, phase: str, metrics: dict[str, Any], sites: list[str]) -> Checkpoint:
+        weights = {g: {k: torch.from_numpy(np.array(v)) for k, v in s.items()}
+                   for g, s in self.groups.items()}
+        return Checkpoint(self.model_cfg, weights, curriculum=self.cfg.curriculum.to_dict(),
+                          discretization=self.disc.to_dict(), step=step, round=self.round, phase=phase,
+                          metrics=metrics, extra={"federation": self.cfg.to_dict(), "run_id": self.run_id,
+                                                  "sites": sites})
+
+
+def save_round(state: ServerState, out_dir: Path, step: int, phase: str, metrics: dict[str, Any],
+               sites: list[str]) -> Path:
+    """Checkpoint the state (per-round file and ``ckpt.pt``), then append the metrics line."""
+    ckpt = state.checkpoint(step, phase, metrics, sites)
+    per_round = out_dir / f"round_{state.round:04d}.pt"
+    save_checkpoint(per_round, ckpt)
+    save_checkpoint(out_dir / LATEST, ckpt)
+    append_metrics(out_dir, metrics)
+    return per_round
+
+
+def append_metrics(out_dir: Path, line: dict[str, Any]) -> None:
+    """Append one JSON line. Lines are small, so a reader never sees a torn line in practice; a resumed
+    run rewrites the file atomically without lines past its checkpoint (see :func:`truncate_metrics`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / METRICS).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def truncate_metrics(out_dir: Path, last_round: int) -> None:
+    """Keep only metrics lines up to ``last_round`` (a run stopped after its JSONL line but before a
+    later checkpoint must not leave lines the resumed run will write again)."""
+    path = out_dir / METRICS
+    if not path.exists():
+        return
+    kept = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and json.loads(ln).get("round", 0) <= last_round]
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
+    """Load ``directory/ckpt.pt`` and check it continues a run with the same schedule."""
+    path = directory / LATEST if directory.is_dir() else directory
+    ckpt = load_checkpoint(path)
+    stored = ckpt.extra.get("federation")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: not a federated checkpoint (no federation config in it)")
+    old = FederationConfig.from_dict(stored).to_dict()
+    new = cfg.to_dict()
+    diff = [k for k in SCHEDULE_KEYS if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(f"resume-from {path}: the run config differs from the checkpoint's in "
+                          f"{', '.join(_kebab_list(diff))} "
+                          f"({', '.join(f'{old[k]!r} -> {new[k]!r}' for k in diff)}); "
+                          f"a resumed run must keep the schedule")
+    if ckpt.discretization is None:
+        raise CheckpointError(f"{path}: checkpoint has no discretization")
+    disc = Discretization.from_dict(ckpt.discretization)
+    groups = {g: {k: v.numpy() for k, v in ckpt.weights[g].items()} for g in GROUPS}
+    return ServerState(cfg, disc, ckpt.model_config, groups, round=ckpt.round,
+                       run_id=str(ckpt.extra.get("run_id", secrets.token_hex(8))))
+
+
+def _kebab_list(names: list[str]) -> list[str]:
+    return [n.replace("_", "-") for n in names]

@@ -1,0 +1,89 @@
+"""Round 0: find out which node plays which site and merge the sites' value histograms into one
+discretization (quantile edges + vocabulary) that every site tokenizes with.
+
+Only arrays of counts travel (``SiteStatistics.to_arrays``); no rows. A resumed run asks the nodes only
+for their site names (``what="identify"``) and keeps the discretization stored in its checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from clin_jepa.data.stats import Discretization, SiteStatistics, merge_statistics, quantile_edges
+from clin_jepa.errors import ClinJepaError
+from clin_jepa.federation import FederationConfig
+
+QUERY = "query.statistics"
+# How long to wait for the expected number of nodes to connect before starting with those present.
+CONNECT_GRACE_S = 30.0
+
+
+@dataclass
+class SiteRoster:
+    """``sites`` maps node id -> site name; ``stats`` node id -> its statistics (empty when identifying);
+    ``problems`` node id -> why it is not part of the run."""
+
+    sites: dict[int, str] = field(default_factory=dict)
+    stats: dict[int, SiteStatistics] = field(default_factory=dict)
+    problems: dict[int, str] = field(default_factory=dict)
+
+    def discretization(self, n_bins: int) -> Discretization:
+        return quantile_edges(merge_statistics(list(self.stats.values())), n_bins)
+
+
+def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + min(timeout, CONNECT_GRACE_S)
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected or (time.monotonic() > deadline and len(nodes) >= min_sites):
+            return nodes
+        if time.monotonic() > deadline + timeout:
+            raise ClinJepaError(f"only {len(nodes)} node(s) connected after {timeout:.0f} s; min-sites is "
+                                f"{min_sites}")
+        time.sleep(1.0)
+
+
+def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> SiteRoster:
+    """Ask every connected node for its site (and statistics); nodes that fail are left out and logged."""
+    expected = len(cfg.site_configs)
+    nodes = _wait_for_nodes(grid, expected, cfg.min_sites, cfg.round_timeout)
+    if len(nodes) < expected:
+        log(WARNING, "Only %d node(s) for %d site config(s): in simulation run `flwr run . "
+            "--federation-config 'num-supernodes=%d'`", len(nodes), expected, expected)
+    content = RecordDict({"config": ConfigRecord({"what": what})})
+    messages = [Message(content, dst_node_id=n, message_type=QUERY) for n in nodes]
+    roster = SiteRoster()
+    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
+    for node in nodes:
+        msg = replies.get(node)
+        if msg is None:
+            roster.problems[node] = "no reply before round-timeout"
+        elif msg.has_error():
+            roster.problems[node] = f"client failed: {msg.error.reason.strip()[-600:]}"
+        else:
+            name = str(msg.content["site"]["site"])
+            if name in roster.sites.values():
+                roster.problems[node] = f"site {name!r} is already played by another node"
+                continue
+            try:
+                if what == "statistics":
+                    stats = {k: v.numpy() for k, v in msg.content["statistics"].items()}
+                    roster.stats[node] = SiteStatistics.from_arrays(stats)
+            except (ClinJepaError, KeyError) as exc:
+                roster.problems[node] = f"malformed statistics: {exc}"
+                continue
+            roster.sites[node] = name
+    for node, why in roster.problems.items():
+        log(WARNING, "Statistics round: node %d left out: %s", node, why)
+    log(INFO, "Statistics round: sites %s", sorted(roster.sites.values()))
+    if len(roster.sites) < cfg.min_sites:
+        raise ClinJepaError(f"only {len(roster.sites)} site(s) answered the statistics round "
+                            f"({sorted(roster.sites.values())}); min-sites is {cfg.min_sites}. Problems: "
+                            + "; ".join(f"node {n}: {w}" for n, w in roster.problems.items()))
+    return roster

@@ -1,0 +1,81 @@
+"""Phase-aware FedAvg: the server's curriculum decides what each training message carries.
+
+``ClinJepaFedAvg`` keeps Flower's ``FedAvg.aggregate_train`` untouched (Flower's DP wrappers and their
+accountant require exactly that method); the phase logic lives in ``configure_train``:
+
+* ``arrays`` (the one ArrayRecord of a message) are the groups the phase trains, as ``<group>.<param>``;
+  clients return exactly these keys, which is also what Flower's clipping mods and wrappers expect;
+* the ConfigRecord carries the plan (phase, global step, lr, momentum, ...), the shared discretization
+  (JSON) and the read-only groups (frozen ``E`` and the target ``Ē``) as one ``.npz`` blob under
+  ``frozen-groups`` — a second ArrayRecord would break Flower's client-side clipping mods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from clin_jepa.errors import ConfigError
+from clin_jepa.federation import FederationConfig, pack_arrays, plan_round
+from server.state import ServerState
+
+FROZEN_KEY = "frozen-groups"
+
+
+class ClinJepaFedAvg(FedAvg):
+    """FedAvg over the site nodes found in the statistics round, weighted by ``num-examples``."""
+
+    def __init__(self, cfg: FederationConfig, state: ServerState, site_nodes: dict[int, str]) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=cfg.min_sites,
+                         min_evaluate_nodes=0, min_available_nodes=cfg.min_sites)
+        self.cfg = cfg
+        self.state = state
+        self.site_nodes = dict(site_nodes)
+        self.last_frozen_bytes = 0
+
+    def round_config(self, server_round: int) -> ConfigRecord:
+        """Everything but the trained arrays that a client needs to run round ``server_round``."""
+        plan = plan_round(server_round, self.cfg)
+        frozen = pack_arrays(self.state.flat(plan.frozen))
+        self.last_frozen_bytes = len(frozen)
+        return ConfigRecord({
+            "server-round": server_round, "phase": plan.phase, "phase-index": plan.phase_index,
+            "global-step": plan.global_step, "local-steps": plan.local_steps, "total-steps": plan.total_steps,
+            "lr": plan.lrs[0], "lr-steps": list(plan.lrs), "momentum": plan.momentum,
+            "trains": ",".join(plan.upload),
+            "run-id": self.state.run_id, "discretization": json.dumps(self.state.disc.to_dict()),
+            "model-config": json.dumps(self.state.model_cfg.to_dict()), FROZEN_KEY: frozen,
+        })
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """One message per connected site node; ``config`` entries (e.g. a DP wrapper's clipping norm)
+        are kept and the round's plan is added."""
+        merged = ConfigRecord({**dict(config), **dict(self.round_config(server_round))})
+        nodes = [n for n in grid.get_node_ids() if n in self.site_nodes]
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: merged})
+        return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
+
+
+def wrap_for_privacy(strategy: ClinJepaFedAvg, cfg: FederationConfig) -> Strategy:
+    """The strategy the round loop calls: ``strategy`` itself unless central DP is switched on.
+
+    Central DP wrappers are Flower's own (``DifferentialPrivacy*FixedClipping``); they wrap this strategy
+    unchanged because ``aggregate_train`` is FedAvg's.
+    """
+    if cfg.dp_central == "off":
+        return strategy
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    if cfg.dp_noise_multiplier < 0 or cfg.dp_clipping_norm <= 0:
+        raise ConfigError("run config dp-noise-multiplier must be >= 0 and dp-clipping-norm > 0")
+    wrapper = (DifferentialPrivacyClientSideFixedClipping if cfg.dp_central == "client-fixed"
+               else DifferentialPrivacyServerSideFixedClipping)
+    return wrapper(strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, len(strategy.site_nodes))
