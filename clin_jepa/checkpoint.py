@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clin_jepa.data.stats import Discretization
 from clin_jepa.errors import CheckpointError, ConfigError
 from clin_jepa.io import atomic_write_bytes
 from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, set_group_state
@@ -32,7 +33,8 @@ class Checkpoint:
     """Everything needed to rebuild, evaluate or resume training.
 
     ``weights`` maps group name (``encoder``, ``target_encoder``, ``predictor``) to its state dict.
-    ``discretization`` is ``Discretization.to_dict()`` (numpy arrays are stored as lists). ``extra`` is
+    ``discretization`` is ``Discretization.to_dict()`` (numpy arrays are stored as lists; rebuild it
+    with :meth:`load_discretization`), ``tasks`` the task names of the labels. ``extra`` is
     free for other parts (privacy accountants, federation state); it must hold plain containers only.
     """
 
@@ -40,6 +42,7 @@ class Checkpoint:
     weights: dict[str, dict[str, torch.Tensor]]
     curriculum: dict[str, Any] = field(default_factory=dict)
     discretization: dict[str, Any] | None = None
+    tasks: list[str] = field(default_factory=list)
     step: int = 0
     round: int = 0
     phase: str = ""
@@ -50,6 +53,10 @@ class Checkpoint:
     @classmethod
     def from_model(cls, model: ClinJEPA, **fields: Any) -> Checkpoint:
         return cls(model.cfg, {g: get_group_state(model, g) for g in GROUPS}, **fields)
+
+    def load_discretization(self) -> Discretization | None:
+        """The stored discretization as an object (``None`` when the checkpoint has none)."""
+        return None if self.discretization is None else Discretization.from_dict(self.discretization)
 
     def build_model(self) -> ClinJEPA:
         """A fresh :class:`ClinJEPA` of the stored config with the stored weights loaded."""

@@ -95,8 +95,9 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
                 ) -> tuple[dict[str, float], int]:
     """Run global steps ``step0 .. step0 + n_steps - 1``; return (mean metrics over them, next step).
 
-    ``amp`` enables bf16 autocast on CUDA (ignored on CPU). Every ``log_every`` steps ``on_log(step,
-    metrics)`` receives that step's losses, loss per rollout step and the collapse/drift monitors.
+    ``amp`` enables bf16 autocast on CUDA (ignored on CPU). Every ``log_every`` steps and after the last
+    step, ``on_log(step, metrics)`` receives that step's losses, loss per rollout step and the
+    collapse/drift monitors.
     The returned metrics also carry ``num_examples`` (samples seen, for FedAvg weighting).
     """
     loss_cfg = loss_cfg or LossConfig()
@@ -139,7 +140,8 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
 
         for k, v in parts.items():
             sums[k] = sums[k] + v if k in sums else v
-        if on_log is not None and log_every > 0 and (step + 1) % log_every == 0:
+        last = step == step0 + n_steps - 1
+        if on_log is not None and log_every > 0 and ((step + 1) % log_every == 0 or last):
             on_log(step, {**{k: float(v) for k, v in parts.items()}, **_plan_metrics(plan),
                           **embedding_monitors(z.detach(), batch["mask"]),
                           "drift": parameter_drift(model.encoder, model.target_encoder)})

@@ -1,0 +1,75 @@
+"""``clin-jepa train``: centralized training on pooled sites (upper reference) or one site (local-only)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+HELP = "Train Clin-JEPA centrally on the pooled train splits of one or more sites (no federation)."
+
+# Settings a resumed run takes from its checkpoint; giving them again with --resume is an error.
+RUN_SETTINGS = ("preset", "steps", "mode", "seed", "batch_size", "lr", "log_every", "ckpt_every", "device",
+                "rollout_steps", "hours")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from clin_jepa.curriculum import MODES
+    from clin_jepa.models import PRESETS
+
+    parser.add_argument("--sites", nargs="+", required=True, metavar="YAML",
+                        help="site config(s); several are pooled (centralized upper reference), one gives "
+                             "the local-only baseline")
+    parser.add_argument("--out", metavar="DIR", help="run folder: metrics.jsonl, ckpt.pt, ckpt-step*.pt")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped "
+                        "(all settings come from DIR/ckpt.pt)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="model size (default small)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps of the curriculum (default 1000)")
+    parser.add_argument("--mode", choices=MODES, help="curriculum (default) or an ablation")
+    parser.add_argument("--seed", type=int, help="seed of initialization and batch order (default 0)")
+    parser.add_argument("--batch-size", type=int, help="stays per batch (default: first site's "
+                        "training.batch_size)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--rollout-steps", type=int, help="k of the k-step rollout loss (default 2)")
+    parser.add_argument("--hours", type=int, help="hours per stay window (default 72)")
+    parser.add_argument("--log-every", type=int, help="steps between metrics records (default 25)")
+    parser.add_argument("--ckpt-every", type=int, help="steps between periodic checkpoints (default: at "
+                        "the end only)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                        help="default: first site's training.device")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clin_jepa.config import load_site_config
+    from clin_jepa.curriculum import CurriculumConfig
+    from clin_jepa.errors import ConfigError
+    from clin_jepa.losses import LossConfig
+    from clin_jepa.trainer import TrainerConfig, train_centralized
+
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in RUN_SETTINGS if getattr(args, k) is not None]
+        if given or args.compile:
+            raise ConfigError(f"--resume continues the stored run with its own settings; drop {given}")
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError("--resume DIR writes into DIR; do not give a different --out")
+        record = train_centralized(args.sites, args.resume, resume=True, progress=not args.no_progress)
+    else:
+        if not args.out:
+            raise ConfigError("--out DIR is required (or --resume DIR to continue a run)")
+        first = load_site_config(args.sites[0])
+        tcfg = TrainerConfig(
+            preset=args.preset or "small", steps=args.steps or 1000,
+            batch_size=args.batch_size or first.batch_size, seed=args.seed or 0,
+            log_every=args.log_every or 25, ckpt_every=args.ckpt_every or 0, hours=args.hours or 72,
+            device=args.device or first.device, compile=args.compile,
+            loss=LossConfig(rollout_steps=args.rollout_steps or 2))
+        ccfg = CurriculumConfig(mode=args.mode or "curriculum")
+        if args.lr is not None:
+            ccfg = dataclasses.replace(ccfg, lr=args.lr, min_lr=min(ccfg.min_lr, args.lr))
+        record = train_centralized(args.sites, args.out, tcfg, ccfg, progress=not args.no_progress)
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
+             if k in ("step", "phase", "loss", "loss_step1", "emb_std_mean", "eff_rank", "drift")}
+    print(f"done: {shown} -> {Path(args.resume or args.out) / 'ckpt.pt'}")
+    return 0

@@ -1,0 +1,211 @@
+"""Centralized training on pooled sites (the upper reference) or on one site (local-only baseline).
+
+Writes ``OUT/metrics.jsonl`` (one record per ``log_every`` steps), ``OUT/ckpt.pt`` (latest, every
+``ckpt_every`` steps and at the end) and ``OUT/ckpt-stepNNNNNNN.pt`` (periodic copies). A run resumed from
+``OUT/ckpt.pt`` continues exactly: the model, target, optimizer and RNG state come from the checkpoint,
+schedules are functions of the step, and the batch of step ``s`` depends only on (seed, s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from clin_jepa.curriculum import CurriculumConfig, CurriculumSchedule, phase_at
+from clin_jepa.errors import ConfigError
+from clin_jepa.io import atomic_write_text
+from clin_jepa.losses import LossConfig
+from clin_jepa.models import ClinJEPA, preset
+from clin_jepa.train import build_optimizer, train_steps
+
+CKPT_NAME = "ckpt.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Run settings stored in the checkpoint (``extra["trainer"]``) so ``--resume`` needs none of them."""
+
+    preset: str = "small"
+    steps: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+    log_every: int = 25
+    ckpt_every: int = 0
+    hours: int = 72
+    device: str = "cpu"
+    amp: bool = True
+    compile: bool = False
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "hours"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.ckpt_every < 0:
+            raise ConfigError(f"train.ckpt_every: must be >= 0 (0 = only at the end), got {self.ckpt_every}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"train.device: {self.device!r} is not one of cpu, cuda, auto")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "loss": self.loss.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainerConfig:
+        d = dict(d)
+        d["loss"] = LossConfig.from_dict(d.get("loss", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PreparedSites:
+    """Pooled train split of one or more sites, tokenized with one shared discretization."""
+
+    train: Any  # clin_jepa.data.tokenize.SiteTensors
+    disc: Any  # clin_jepa.data.stats.Discretization
+    task_names: tuple[str, ...]
+    sites: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return "+".join(self.sites)
+
+
+def prepare_sites(paths: Sequence[str | Path], hours: int = 72, disc: Any = None) -> PreparedSites:
+    """Load site configs; without ``disc``, run the statistics round (per-site histograms, merged,
+    quantile edges) as the federation would; tokenize every site and pool the train splits."""
+    from clin_jepa.config import load_site_config
+    from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
+    from clin_jepa.data.tasks import load_tasks
+    from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
+
+    if not paths:
+        raise ConfigError("train: give at least one site config (--sites a.yaml [b.yaml ...])")
+    cfgs = [load_site_config(p) for p in paths]
+    names = [c.site for c in cfgs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train: the same site is given twice: {names}")
+    if disc is None:
+        disc = quantile_edges(merge_statistics([compute_site_statistics(c) for c in cfgs]))
+    tasks = load_tasks()
+    train = SiteTensors.concat([build_site_tensors(c, disc, tasks, hours).subset("train") for c in cfgs])
+    if len(train) == 0:
+        raise ConfigError(f"train: no eligible ICU stays (>= 24 h) in the train split of {names}")
+    return PreparedSites(train, disc, tuple(t.name for t in tasks), tuple(names))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _rewind_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint we resume from (they will be produced again)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def _checkpoint(model: ClinJEPA, data: PreparedSites, tcfg: TrainerConfig, ccfg: CurriculumConfig,
+                optimizer: torch.optim.Optimizer, step: int, metrics: dict[str, Any]) -> Checkpoint:
+    return Checkpoint.from_model(
+        model, curriculum=ccfg.to_dict(), discretization=data.disc.to_dict(), tasks=list(data.task_names),
+        step=step, phase=phase_at(max(0, step - 1), tcfg.steps, ccfg).name, optimizer=optimizer.state_dict(),
+        metrics=metrics, extra={"trainer": tcfg.to_dict(), "sites": list(data.sites),
+                                "rng": {"torch": torch.get_rng_state()}})
+
+
+def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: TrainerConfig | None = None,
+                      ccfg: CurriculumConfig | None = None, resume: bool = False,
+                      progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+    """Train on the pooled train splits of ``sites``; returns the last logged record.
+
+    ``stop_at`` ends this call after that global step with a checkpoint (a time-boxed session, or a
+    test of resume); the schedule still spans ``tcfg.steps``.
+    With ``resume=True`` the run continues from ``out/ckpt.pt`` and its stored configs (``tcfg`` and
+    ``ccfg`` must then be ``None``); the sites are tokenized with the checkpoint's discretization.
+    """
+    out = Path(out)
+    ckpt = None
+    if resume:
+        if tcfg is not None or ccfg is not None:
+            raise ConfigError("resume continues the stored run: do not pass new trainer/curriculum settings")
+        ckpt = load_checkpoint(out / CKPT_NAME)
+        tcfg = TrainerConfig.from_dict(ckpt.extra["trainer"])
+        ccfg = CurriculumConfig.from_dict(ckpt.curriculum)
+    tcfg, ccfg = tcfg or TrainerConfig(), ccfg or CurriculumConfig()
+    data = prepare_sites(sites, tcfg.hours, ckpt.load_discretization() if ckpt else None)
+    if ckpt is not None:
+        if ckpt.tasks and tuple(ckpt.tasks) != data.task_names:
+            raise ConfigError(f"resume: the checkpoint's tasks {ckpt.tasks} differ from the current task "
+                              f"definitions {list(data.task_names)}")
+        model, step = ckpt.build_model(), ckpt.step
+        torch.set_rng_state(ckpt.extra["rng"]["torch"])
+    else:
+        torch.manual_seed(tcfg.seed)
+        model = ClinJEPA(preset(tcfg.preset, n_concepts=len(data.disc.concepts),
+                                n_treatments=len(data.disc.treatments), n_bins=data.disc.n_bins,
+                                max_hours=max(tcfg.hours, 128)))
+        step = 0
+    device = resolve_device(tcfg.device)
+    model.to(device)
+    optimizer = build_optimizer(model, ccfg)
+    if ckpt is not None and ckpt.optimizer is not None:
+        optimizer.load_state_dict(ckpt.optimizer)
+    if tcfg.compile:
+        model.encoder.compile()
+        model.target_encoder.compile()
+        model.predictor.compile()
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS_NAME
+    _rewind_metrics(metrics_path, step) if ckpt is not None else atomic_write_text(metrics_path, "")
+    if ckpt is None:
+        save_checkpoint(out / CKPT_NAME, _checkpoint(model, data, tcfg, ccfg, optimizer, 0, {}))
+
+    from clin_jepa.data.dataset import infinite_batches
+
+    batches = infinite_batches(data.train, tcfg.batch_size, tcfg.seed, start_step=step)
+    schedule = CurriculumSchedule(ccfg, tcfg.steps)
+    record: dict[str, Any] = {}
+    monitors: dict[str, float] = {}
+    bar = tqdm(total=tcfg.steps, initial=step, disable=not progress, unit="step", desc=f"train {data.label}")
+    end = tcfg.steps if stop_at is None else max(step, min(stop_at, tcfg.steps))
+    while step < end:
+        n = min(tcfg.log_every - step % tcfg.log_every, end - step)
+        if tcfg.ckpt_every:
+            n = min(n, tcfg.ckpt_every - step % tcfg.ckpt_every)
+        monitors.clear()
+        start = time.perf_counter()
+        metrics, step = train_steps(model, batches, optimizer, schedule, step, n, loss_cfg=tcfg.loss,
+                                    device=device, amp=tcfg.amp, log_every=tcfg.log_every,
+                                    on_log=lambda _s, d: monitors.update(d))
+        seconds = time.perf_counter() - start
+        if step % tcfg.log_every == 0 or step == end:
+            record = {"step": step, "phase": phase_at(step - 1, tcfg.steps, ccfg).name, **metrics,
+                      **{k: v for k, v in monitors.items() if k not in metrics},
+                      "patient_hours_per_s": metrics["num_examples"] * data.train.hours / max(seconds, 1e-9)}
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", phase=record["phase"])
+        bar.update(n)
+        if step == end or (tcfg.ckpt_every and step % tcfg.ckpt_every == 0):
+            ck = _checkpoint(model, data, tcfg, ccfg, optimizer, step, record)
+            save_checkpoint(out / CKPT_NAME, ck)
+            if tcfg.ckpt_every and step % tcfg.ckpt_every == 0:
+                save_checkpoint(out / f"ckpt-step{step:07d}.pt", ck)
+    bar.close()
+    return record
