@@ -80,16 +80,17 @@ def train(msg: Message, context: Context) -> Message:
 
 def _inject_fault(fed: FederationConfig, site: str, rnd: int, when: str,
                   reply: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
-    """Test hook (run config ``fault-site``/``fault-kind``/``fault-round``): make one site misbehave."""
-    if fed.fault_site != site or fed.fault_round not in (0, rnd):
+    """Test hook (run config ``inject-faults``): make this site misbehave in a round."""
+    kind, at = fed.faults().get(site, ("", -1))
+    if at not in (0, rnd):
         return None
-    if when == "before" and fed.fault_kind == "raise":
+    if when == "before" and kind == "raise":
         raise RuntimeError(f"injected fault at site {site} in round {rnd}")
-    if when == "before" and fed.fault_kind == "sleep":
+    if when == "before" and kind == "sleep":
         time.sleep(fed.round_timeout + 5)
-    if when == "after" and reply is not None and fed.fault_kind == "nan":
+    if when == "after" and reply is not None and kind == "nan":
         first = sorted(reply)[0]
         return {**reply, first: np.full_like(reply[first], np.nan)}
-    if when == "after" and reply is not None and fed.fault_kind == "scale":
+    if when == "after" and reply is not None and kind == "scale":
         return {k: v * np.float32(1e4) for k, v in reply.items()}
     return None

@@ -131,7 +131,8 @@ class Site:
 
     def train_round(self, model_cfg: ModelConfig, disc: Discretization,
                     groups: dict[str, dict[str, np.ndarray]], schedule: ServerSchedule, n_steps: int,
-                    fed: FederationConfig, run_id: str, rnd: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+                    fed: FederationConfig, run_id: str, rnd: int,
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
         """Load the server's groups, run ``n_steps`` local steps, return the trained groups and metrics."""
         tensors = self.train_tensors(disc, fed.hours)
         model = self.model(model_cfg)

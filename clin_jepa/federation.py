@@ -60,9 +60,7 @@ class FederationConfig:
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 1.0
     stop_after: int = 0
-    fault_site: str = ""
-    fault_kind: str = "raise"
-    fault_round: int = 0
+    inject_faults: str = ""
 
     def __post_init__(self) -> None:
         for name in ("num_rounds", "local_steps", "min_sites", "n_bins", "hours"):
@@ -84,8 +82,19 @@ class FederationConfig:
             raise ConfigError("run config site-configs: give at least one site config path")
         if self.dp_central not in DP_CENTRAL:
             raise ConfigError(f"run config dp-central: {self.dp_central!r} is not one of {list(DP_CENTRAL)}")
-        if self.fault_kind not in FAULT_KINDS:
-            raise ConfigError(f"run config fault-kind: {self.fault_kind!r} is not one of {list(FAULT_KINDS)}")
+        self.faults()  # validates the spec
+
+    def faults(self) -> dict[str, tuple[str, int]]:
+        """Test hook ``inject-faults = "site:kind[@round],..."``: site -> (kind, round; 0 = every round)."""
+        out = {}
+        for item in filter(None, (x.strip() for x in self.inject_faults.split(","))):
+            site, _, rest = item.partition(":")
+            kind, _, rnd = rest.partition("@")
+            if not site or kind not in FAULT_KINDS or not (rnd == "" or rnd.isdigit()):
+                raise ConfigError(f"run config inject-faults: {item!r} is not 'site:kind[@round]' with kind "
+                                  f"one of {list(FAULT_KINDS)}")
+            out[site] = (kind, int(rnd or 0))
+        return out
 
     @property
     def total_steps(self) -> int:

@@ -1,0 +1,149 @@
+"""Fast tests of the federation's pure core (clin_jepa.federation) and the server's reply screen."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
+
+from clin_jepa.curriculum import PHASES
+from clin_jepa.errors import ConfigError
+from clin_jepa.federation import (
+    FederationConfig,
+    ema_update,
+    join_groups,
+    norm_outliers,
+    pack_arrays,
+    plan_round,
+    split_groups,
+    unpack_arrays,
+    update_norm,
+)
+from server.checks import screen_replies
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def app_config() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_pyproject_declares_every_run_config_key_and_parses():
+    cfg = FederationConfig.from_run_config(app_config())
+    assert cfg == FederationConfig()  # the shipped defaults are the dataclass defaults
+    assert len(cfg.site_configs) == 3 and all((REPO / p).is_file() for p in cfg.site_configs)
+
+
+def test_run_config_overrides_and_errors():
+    cfg = FederationConfig.from_run_config({**app_config(), "num-rounds": 5, "lr": 1, "mode": "naive",
+                                            "phase-fractions": "0.2 0.2 0.2 0.2 0.2",
+                                            "site-configs": "a.yaml"})
+    assert (cfg.num_rounds, cfg.curriculum.lr, cfg.curriculum.mode) == (5, 1.0, "naive")
+    assert cfg.curriculum.fractions == (0.2,) * 5 and cfg.site_configs == ("a.yaml",)
+    for bad, words in [({"num-rouns": 3}, "unknown key"), ({"num-rounds": "3"}, "expected int"),
+                       ({"num-rounds": 0}, ">= 1"), ({"phase-fractions": "0.5,0.5"}, "fractions"),
+                       ({"mode": "fast"}, "mode"), ({"inject-faults": "a:explode@2"}, "inject-faults"),
+                       ({"dp-central": "yes"}, "dp-central"), ({"synth-if-missing": 1}, "expected bool")]:
+        with pytest.raises(ConfigError, match=words):
+            FederationConfig.from_run_config(bad)
+    assert FederationConfig.from_dict(cfg.to_dict()) == cfg
+    faults = FederationConfig(inject_faults="site1:raise@2, site2:nan").faults()
+    assert faults == {"site1": ("raise", 2), "site2": ("nan", 0)}
+
+
+def test_plan_walks_the_five_phases_and_exchanges_only_what_trains():
+    cfg = FederationConfig(num_rounds=20, local_steps=3)
+    plans = [plan_round(r, cfg) for r in range(1, 21)]
+    phases = [p.phase for p in plans]
+    assert phases == sorted(phases, key=PHASES.index)  # phases in curriculum order
+    assert [phases.count(n) for n in PHASES] == [2, 9, 4, 1, 4]  # fractions of 20 rounds
+    for p in plans:
+        assert p.global_step == (p.round - 1) * 3 and len(p.lrs) == 3
+        trains_e = p.phase in ("joint", "align", "sync")
+        assert p.upload == (("encoder", "predictor") if trains_e else ("predictor",))
+        assert p.download == ("encoder", "target_encoder", "predictor")
+        assert set(p.frozen) == set(p.download) - set(p.upload)
+        assert p.hard_sync == (p.phase == "sync")
+    # momentum: 1 when E is frozen, 0 during sync (Ē follows E exactly), per-step momentum^K otherwise
+    by_phase = {p.phase: p for p in reversed(plans)}  # first round of each phase
+    assert by_phase["warmup"].momentum == 1.0 and by_phase["finalize"].momentum == 1.0
+    assert by_phase["sync"].momentum == 0.0
+    assert by_phase["joint"].momentum == pytest.approx(cfg.curriculum.base_momentum ** 3)
+    align = [p.momentum for p in plans if p.phase == "align"]
+    assert align == sorted(align, reverse=True) and align[0] > align[-1]  # align ramps momentum down
+    with pytest.raises(ConfigError):
+        plan_round(21, cfg)
+
+
+def test_a_zero_round_sync_phase_still_hard_syncs_once():
+    cfg = FederationConfig(num_rounds=10)  # 5 % of 10 rounds rounds to no sync round
+    plans = [plan_round(r, cfg) for r in range(1, 11)]
+    assert "sync" not in [p.phase for p in plans]
+    assert [p.round for p in plans if p.hard_sync] == [next(p.round for p in plans if p.phase == "finalize")]
+
+
+def test_ema_update_keeps_copies_and_moves_between():
+    t = {"w": np.zeros(3, np.float32), "n": np.array([1], np.int64)}
+    o = {"w": np.ones(3, np.float32), "n": np.array([7], np.int64)}
+    np.testing.assert_array_equal(ema_update(t, o, 0.0)["w"], o["w"])
+    np.testing.assert_array_equal(ema_update(t, o, 1.0)["w"], t["w"])
+    mid = ema_update(t, o, 0.75)
+    np.testing.assert_allclose(mid["w"], 0.25) and np.testing.assert_array_equal(mid["n"], [7])
+    assert mid["w"].dtype == np.float32
+    with pytest.raises(ConfigError):
+        ema_update(t, {"w": o["w"]}, 0.5)
+
+
+def test_norm_outlier_rule_flags_one_absurd_update_even_among_two():
+    assert norm_outliers({1: 1.0, 2: 1.2, 3: 50.0}, 10) == {3: pytest.approx(norm_outliers(
+        {1: 1.0, 2: 1.2, 3: 50.0}, 10)[3])}
+    assert set(norm_outliers({1: 1.0, 2: 100.0}, 10)) == {2}
+    assert norm_outliers({1: 1.0, 2: 5.0, 3: 2.0}, 10) == {}
+    assert norm_outliers({1: 1e9}, 10) == {}
+    assert update_norm({"a": np.array([3.0, 4.0])}, {"a": np.zeros(2)}) == pytest.approx(5.0)
+
+
+def test_wire_helpers_roundtrip():
+    groups = {"encoder": {"l.w": np.arange(6, dtype=np.float32).reshape(2, 3)},
+              "predictor": {"b": np.ones(2)}}
+    flat = join_groups(groups)
+    assert set(flat) == {"encoder.l.w", "predictor.b"}
+    back = split_groups(unpack_arrays(pack_arrays(flat)))
+    np.testing.assert_array_equal(back["encoder"]["l.w"], groups["encoder"]["l.w"])
+    assert back["predictor"]["b"].dtype == np.float64
+
+
+def _reply(node: int, arrays: dict, n: int = 4, error: str | None = None) -> Message:
+    """A reply from ``node`` as the SuperLink hands it to the ServerApp."""
+    meta = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
+                    group_id="", created_at=0.0, ttl=60.0, message_type="train")
+    if error:
+        return Message(metadata=meta, error=Error(code=2, reason=error))
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                          "metrics": MetricRecord({"num-examples": n})})
+    return Message(metadata=meta, content=content)
+
+
+def test_screen_rejects_errors_timeouts_nan_wrong_keys_and_outliers():
+    sent = {"p.w": np.zeros((2, 2), np.float32)}
+    good = {"p.w": np.full((2, 2), 0.1, np.float32)}
+    replies = [
+        _reply(1, good), _reply(2, {"p.w": good["p.w"] * 1.1}), _reply(3, good),
+        _reply(4, {"p.w": np.full((2, 2), np.nan, np.float32)}),
+        _reply(5, {"p.x": good["p.w"]}),
+        _reply(6, {"p.w": np.zeros((3, 2), np.float32)}),
+        _reply(7, {"p.w": good["p.w"] * 1000}),
+        _reply(8, good, n=0),
+        _reply(9, {}, error="RuntimeError: boom"),
+    ]
+    out = screen_replies(replies, asked=range(1, 11), sent=sent, max_norm_ratio=10)
+    assert sorted(m.metadata.src_node_id for m in out.accepted) == [1, 2, 3]
+    status = {n: s for n, (s, _) in out.problems.items()}
+    assert status == {4: "rejected", 5: "rejected", 6: "rejected", 7: "rejected", 8: "rejected",
+                      9: "error", 10: "timeout"}
+    reasons = {n: r for n, (_, r) in out.problems.items()}
+    assert "NaN" in reasons[4] and "keys" in reasons[5] and "shape" in reasons[6]
+    assert "median" in reasons[7] and "num-examples" in reasons[8] and "boom" in reasons[9]
