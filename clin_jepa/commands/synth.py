@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random seed, >= 0 (default 0); the same arguments give byte-identical files")
     parser.add_argument("--subjects-per-shard", type=int, default=128, metavar="K",
                         help="subjects per parquet shard within each split (default 128)")
+    parser.add_argument("--check", action="store_true",
+                        help="afterwards read each site back and print per task its positive rate and the "
+                             "held-out AUROC of a last-observed-value logistic regression")
     parser.add_argument("--force", action="store_true",
                         help="allow a non-empty DIR and replace the hospitals and YAMLs this command writes")
 
@@ -36,4 +39,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{o.site}: {c['subjects']} subjects, {c['stays']} ICU stays, {c['events']} events in "
               f"{c['shards']} shards, {c['deaths']} deaths -> {o.root} (config {o.config})")
     print(f"done in {time.perf_counter() - start:.1f} s")
+    if args.check:
+        from clin_jepa.config import load_site_config
+        from clin_jepa.data.synth.check import task_report
+
+        for o in outputs:
+            print(f"{o.site}: tasks (eligible stays with a defined label)")
+            for row in task_report(load_site_config(o.config)):
+                print(f"  {row.format()}")
     return 0

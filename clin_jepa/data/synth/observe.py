@@ -17,7 +17,7 @@ from clin_jepa.data.synth.physiology import HOURS, LABS, MEASUREMENTS, TREATMENT
 # Measurement error in canonical units; ("rel", x) means a coefficient of variation.
 _NOISE = {"heart_rate": 3.0, "sbp": 5.0, "map": 3.5, "resp_rate": 1.5, "spo2": 1.0, "temperature": 0.15,
           "creatinine": ("rel", 0.05), "bun": ("rel", 0.06), "sodium": 1.2, "potassium": 0.15,
-          "bicarbonate": 1.0, "lactate": ("rel", 0.08), "hemoglobin": 0.3, "wbc": ("rel", 0.06),
+          "bicarbonate": 1.0, "lactate": ("rel", 0.08), "hemoglobin": 0.4, "wbc": ("rel", 0.06),
           "platelets": ("rel", 0.06), "glucose": ("rel", 0.08)}
 _LIMITS = {"spo2": (50.0, 100.0)}
 # Vital groups charted together; temperature is taken less often than the monitor values.

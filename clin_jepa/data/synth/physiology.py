@@ -39,7 +39,7 @@ _PROCESS_SD = np.array([0.02, 0.03, 0.01, 0.02, 0.02, 0.0, 0.0])
 # Additive wander in canonical units; lab values that vary in proportion to their level wander on a log
 # scale. This within-patient variability is what keeps the tasks from being read off the last value.
 _WANDER_SD = {"heart_rate": 5.0, "map": 4.0, "sbp": 5.0, "resp_rate": 1.5, "spo2": 0.6, "temperature": 0.2,
-              "sodium": 1.8, "potassium": 0.2, "bicarbonate": 1.2, "glucose": 12.0, "hemoglobin": 0.4}
+              "sodium": 1.8, "potassium": 0.2, "bicarbonate": 1.2, "glucose": 12.0, "hemoglobin": 0.6}
 _FRAILTY_SHIFT = {"heart_rate": 4.0, "map": -3.0, "resp_rate": 1.0, "bicarbonate": -0.8, "hemoglobin": -0.5,
                   "sodium": -0.7}
 _WANDER_LOG_SD = {"creatinine": 0.1, "bun": 0.1, "lactate": 0.15, "wbc": 0.15, "platelets": 0.12}
@@ -69,6 +69,7 @@ class Population:
     ckd: np.ndarray
     diabetes: np.ndarray
     frailty: np.ndarray  # standard normal
+    hb_loss: np.ndarray  # g/dL per day lost to blood draws and dilution, unseen until it adds up
     setpoint: dict[str, np.ndarray]  # personal healthy value of each measurement (canonical units)
 
     @property
@@ -131,8 +132,8 @@ def sample_population(rng: np.random.Generator, n: int, mix: CaseMix) -> Populat
         "potassium": rng.normal(4.1, 0.35, n) + 0.3 * ckd,
         "bicarbonate": rng.normal(25.0, 1.8, n) - 1.5 * ckd,
         "lactate": np.exp(rng.normal(np.log(1.1), 0.25, n)),
-        "hemoglobin": rng.normal(13.2 - 1.2 * female, 1.3, n) - 1.5 * ckd,
-        "wbc": np.exp(rng.normal(np.log(8.0), 0.22, n)),
+        "hemoglobin": rng.normal(12.6 - 1.2 * female, 1.4, n) - 1.5 * ckd,
+        "wbc": np.exp(rng.normal(np.log(7.5), 0.22, n)),
         "platelets": np.maximum(rng.normal(245.0, 55.0, n), 60.0),
         "glucose": rng.normal(115.0, 15.0, n) + 45.0 * diabetes,
     }
@@ -141,7 +142,9 @@ def sample_population(rng: np.random.Generator, n: int, mix: CaseMix) -> Populat
     for concept, shift in _FRAILTY_SHIFT.items():
         sp[concept] = sp[concept] + shift * frailty
     sp["lactate"] = sp["lactate"] * np.exp(0.12 * frailty)
-    return Population(cohort, onset, severity, episode, planned, age, female, ckd, diabetes, frailty, sp)
+    hb_loss = rng.uniform(0.0, 0.8, n)
+    return Population(cohort, onset, severity, episode, planned, age, female, ckd, diabetes, frailty, hb_loss,
+                      sp)
 
 
 def _severity(state: np.ndarray) -> np.ndarray:
@@ -175,8 +178,9 @@ def _truth_at(pop: Population, x: np.ndarray, u: np.ndarray, wander: dict[str, n
         + w["potassium"],
         "bicarbonate": sp["bicarbonate"] - 9.0 * acid + w["bicarbonate"],
         "lactate": (sp["lactate"] + 4.0 * circ ** 1.3 + 1.0 * acid) * w["lactate"],
-        "hemoglobin": sp["hemoglobin"] - 5.5 * blood - 0.6 * fluid - 0.8 * inf + w["hemoglobin"],
-        "wbc": (sp["wbc"] * (1.0 + 1.4 * inf) + 2.0 * blood) * w["wbc"],
+        "hemoglobin": sp["hemoglobin"] - 5.5 * blood - 0.6 * fluid - 0.8 * inf - pop.hb_loss * t / 24.0
+        + w["hemoglobin"],
+        "wbc": (sp["wbc"] * (1.0 + 1.2 * inf) + 2.0 * blood) * w["wbc"],
         "platelets": np.maximum(sp["platelets"] * (1.0 - 0.45 * inf - 0.35 * blood), 5.0) * w["platelets"],
         "glucose": sp["glucose"] + 35.0 * inf + 15.0 * circ - 45.0 * u[:, 4] + w["glucose"],
     }
@@ -232,7 +236,7 @@ def _targets(pop: Population, x: np.ndarray, u: np.ndarray, abx_start: np.ndarra
     target[:, R_] = drive[:, R_] + 0.35 * inf + 0.45 * circ + 0.1 * diur
     target[:, P_] = drive[:, P_] + 0.25 * inf + 0.35 * np.maximum(fluid - 1.0, 0.0) - 0.35 * vent
     target[:, M_] = 0.55 * circ + 0.5 * ren + 0.3 * resp
-    target[:, B_] = blood + 0.1 * drive[:, B_] - 0.004 * blood
+    target[:, B_] = blood + 0.12 * drive[:, B_] - 0.004 * blood
     target[:, F_] = fluid + 0.06 * fluids - 0.12 * diur * (fluid > 0) - 0.01 * fluid + 0.01 * ren
     return np.maximum(target, 0.0)
 
@@ -250,8 +254,8 @@ def simulate(rng: np.random.Generator, pop: Population) -> Course:
     end = np.full(n, float(HOURS))
     died = np.zeros(n, dtype=bool)
     open_ = np.ones(n, dtype=bool)
-    age_risk = 0.025 * (pop.age - 65.0) + 0.5 * pop.frailty
-    burden = np.zeros(n)  # severity smoothed over about half a day: sustained failure kills, spikes less
+    age_risk = 0.025 * (pop.age - 65.0) + 0.8 * pop.frailty
+    burden = np.zeros(n)  # severity smoothed over about a day: sustained failure kills, spikes less
     for t in range(HOURS):
         state[:, t] = x
         treat[:, t] = u
@@ -260,7 +264,7 @@ def simulate(rng: np.random.Generator, pop: Population) -> Course:
             truth[c][:, t] = v[c]
         sev = _severity(x)
         # The stay ends within this hour by death (hazard of the combined dysfunction) or discharge.
-        burden += (sev - burden) / 12.0
+        burden += (sev - burden) / 24.0
         hazard = 1.0 / (1.0 + np.exp(-(-9.0 + 2.2 * burden + 0.6 * sev + age_risk)))
         dies = open_ & (rng.random(n) < hazard)
         leaves = open_ & ~dies & (t >= pop.planned_los) & (sev < 0.5)
