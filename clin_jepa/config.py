@@ -84,6 +84,14 @@ def _as_tuple(typ: type | tuple[type, ...]) -> tuple[type, ...]:
     return typ if isinstance(typ, tuple) else (typ,)
 
 
+def _only(d: dict[str, Any], allowed: tuple[str, ...], path: str) -> dict[str, Any]:
+    """``d`` itself, after refusing keys outside ``allowed`` (a typo would otherwise be silently ignored)."""
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {list(allowed)}")
+    return d
+
+
 def _regex(pattern: str, path: str) -> str:
     try:
         re.compile(pattern)
@@ -115,6 +123,7 @@ def _code_rules(raw: Any, path: str) -> tuple[CodeRule, ...]:
 
 
 def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
+    _only(raw, ("enabled", "target_epsilon", "delta", "max_grad_norm", "noise_multiplier"), path)
     eps = _get(raw, "target_epsilon", path, (int, float), 8.0)
     delta = _get(raw, "delta", path, (int, float), 1e-5)
     clip = _get(raw, "max_grad_norm", path, (int, float), 1.0)
@@ -130,6 +139,12 @@ def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
     return PrivacyConfig(bool(_get(raw, "enabled", path, bool, False)), eps, delta, clip, noise)
 
 
+def _ignore_item(item: Any, i: int) -> str:
+    if not isinstance(item, str):
+        raise ConfigError(f"ignore_codes[{i}]: expected a code regex string, got {item!r}")
+    return item
+
+
 def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> SiteConfig:
     """Build a :class:`SiteConfig` from parsed YAML; relative paths resolve against ``base_dir``."""
     if not isinstance(raw, dict):
@@ -142,9 +157,9 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     site = _get(raw, "site", "site config", str)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", site):
         raise ConfigError(f"site: {site!r} must use letters, digits, '_', '.', '-' only")
-    data = _get(raw, "data", "site config", dict)
-    stay = _get(raw, "icu_stay", "site config", dict)
-    training = _get(raw, "training", "site config", dict, {})
+    data = _only(_get(raw, "data", "site config", dict), ("path",), "data")
+    stay = _only(_get(raw, "icu_stay", "site config", dict), ("start", "end"), "icu_stay")
+    training = _only(_get(raw, "training", "site config", dict, {}), ("batch_size", "device"), "training")
     device = _get(training, "device", "training", str, "cpu")
     if device not in DEVICES:
         raise ConfigError(f"training.device: {device!r} is not one of {list(DEVICES)}")
@@ -161,7 +176,7 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
         stay=StayDefinition(_regex(_get(stay, "start", "icu_stay", str), "icu_stay.start"),
                             _regex(_get(stay, "end", "icu_stay", str), "icu_stay.end")),
         code_map=_code_rules(_get(raw, "code_map", "site config", list), "code_map"),
-        ignore_codes=tuple(_regex(str(p), f"ignore_codes[{i}]") for i, p in enumerate(ignore)),
+        ignore_codes=tuple(_regex(_ignore_item(p, i), f"ignore_codes[{i}]") for i, p in enumerate(ignore)),
         max_unmapped_share=float(share),
         batch_size=batch,
         device=device,
