@@ -39,10 +39,10 @@ _PROCESS_SD = np.array([0.02, 0.03, 0.01, 0.02, 0.02, 0.0, 0.0])
 # Additive wander in canonical units; lab values that vary in proportion to their level wander on a log
 # scale. This within-patient variability is what keeps the tasks from being read off the last value.
 _WANDER_SD = {"heart_rate": 5.0, "map": 4.0, "sbp": 5.0, "resp_rate": 1.5, "spo2": 0.6, "temperature": 0.2,
-              "sodium": 1.8, "potassium": 0.2, "bicarbonate": 1.2, "glucose": 12.0, "hemoglobin": 0.6}
-_FRAILTY_SHIFT = {"heart_rate": 4.0, "map": -3.0, "resp_rate": 1.0, "bicarbonate": -0.8, "hemoglobin": -0.5,
-                  "sodium": -0.7}
-_WANDER_LOG_SD = {"creatinine": 0.1, "bun": 0.1, "lactate": 0.15, "wbc": 0.15, "platelets": 0.12}
+              "sodium": 1.8, "potassium": 0.2, "bicarbonate": 1.2, "glucose": 12.0, "hemoglobin": 0.8}
+_FRAILTY_SHIFT = {"heart_rate": 6.0, "map": -4.0, "resp_rate": 1.5, "bicarbonate": -1.0, "hemoglobin": -0.5,
+                  "sodium": -0.7, "spo2": -0.6}
+_WANDER_LOG_SD = {"creatinine": 0.12, "bun": 0.1, "lactate": 0.15, "wbc": 0.15, "platelets": 0.12}
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def sample_population(rng: np.random.Generator, n: int, mix: CaseMix) -> Populat
     # Frailty: hidden, but it shows in the admission values, worsens any deterioration and raises the risk
     # of death, which is what makes mortality partly predictable from the first day.
     frailty = rng.normal(0.0, 1.0, n)
-    admitted_sick = 1.0 + 0.3 * (window == 0)
+    admitted_sick = 1.0 + 0.5 * (window == 0)
     severity = np.where(sick, rng.gamma(4.0, 0.3, n) * np.exp(0.2 * frailty) * admitted_sick, 0.0)
     # A bleed is stopped within hours; the other drivers smoulder for a day or more.
     bleed = cohort == COHORTS.index("hemorrhage")
@@ -132,7 +132,7 @@ def sample_population(rng: np.random.Generator, n: int, mix: CaseMix) -> Populat
         "potassium": rng.normal(4.1, 0.35, n) + 0.3 * ckd,
         "bicarbonate": rng.normal(25.0, 1.8, n) - 1.5 * ckd,
         "lactate": np.exp(rng.normal(np.log(1.1), 0.25, n)),
-        "hemoglobin": rng.normal(12.6 - 1.2 * female, 1.4, n) - 1.5 * ckd,
+        "hemoglobin": rng.normal(12.4 - 1.2 * female, 1.1, n) - 1.5 * ckd,
         "wbc": np.exp(rng.normal(np.log(7.5), 0.22, n)),
         "platelets": np.maximum(rng.normal(245.0, 55.0, n), 60.0),
         "glucose": rng.normal(115.0, 15.0, n) + 45.0 * diabetes,
@@ -141,8 +141,8 @@ def sample_population(rng: np.random.Generator, n: int, mix: CaseMix) -> Populat
     sp["bun"] = 16.0 * sp["creatinine"] ** 0.8 * np.exp(rng.normal(0.0, 0.25, n))
     for concept, shift in _FRAILTY_SHIFT.items():
         sp[concept] = sp[concept] + shift * frailty
-    sp["lactate"] = sp["lactate"] * np.exp(0.12 * frailty)
-    hb_loss = rng.uniform(0.0, 0.8, n)
+    sp["lactate"] = sp["lactate"] * np.exp(0.2 * frailty)
+    hb_loss = rng.uniform(0.0, 1.2, n)
     return Population(cohort, onset, severity, episode, planned, age, female, ckd, diabetes, frailty, hb_loss,
                       sp)
 
@@ -213,7 +213,7 @@ def _policy(rng: np.random.Generator, v: dict[str, np.ndarray], x: np.ndarray, u
     abx = (since >= 0) & (since < 96) & (np.fmod(np.where(np.isinf(since), 1.0, since), 8.0) == 0)
     insulin = np.where(u[:, 4], (v["glucose"] > 140.0) & (r[:, 4] < 0.8),
                        (v["glucose"] > 180.0) & (r[:, 4] < 0.6))
-    diuretic = (x[:, F_] > 1.2) & (v["map"] > 70.0) & (r[:, 5] < 0.15)
+    diuretic = (x[:, F_] > 0.7) & (v["map"] > 70.0) & (r[:, 5] < 0.15)
     return np.stack([vaso, fluids, vent, abx, insulin, diuretic], axis=1)
 
 
@@ -254,7 +254,7 @@ def simulate(rng: np.random.Generator, pop: Population) -> Course:
     end = np.full(n, float(HOURS))
     died = np.zeros(n, dtype=bool)
     open_ = np.ones(n, dtype=bool)
-    age_risk = 0.025 * (pop.age - 65.0) + 0.8 * pop.frailty
+    age_risk = 0.025 * (pop.age - 65.0) + 1.0 * pop.frailty
     burden = np.zeros(n)  # severity smoothed over about a day: sustained failure kills, spikes less
     for t in range(HOURS):
         state[:, t] = x

@@ -159,7 +159,7 @@ _HOSPITAL_B = HospitalProfile(
     site="hospital_b",
     description="community ICU, local item ids, creatinine in umol/L, temperature in degF, lactate in mg/dL",
     mix=CaseMix(shares={"stable": 0.46, "sepsis": 0.14, "aki": 0.22, "respiratory_failure": 0.08,
-                        "hemorrhage": 0.10}, age_mean=66.0, ckd=0.20, diabetes=0.30),
+                        "hemorrhage": 0.10}, age_mean=66.0, ckd=0.16, diabetes=0.30),
     sampling=Sampling(vital_every_h=1, vital_prob=0.85, lab_every_h=8.0,
                       skip={"lactate": 0.7, "bun": 0.0, "glucose": 0.05}),
     codings={
