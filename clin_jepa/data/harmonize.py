@@ -233,30 +233,38 @@ class StayEvents:
     value: np.ndarray  # float64 canonical value (NaN for treatments or missing)
 
 
-def attribute_events(h: Harmonized, stays: Stays, horizon_hours: int) -> StayEvents:
-    """Events within ``horizon_hours`` of the start of the stay they belong to (no per-event loops)."""
+def attribute_events(h: Harmonized, stays: Stays, horizon_hours: int,
+                     keep: np.ndarray | None = None) -> StayEvents:
+    """Events within ``horizon_hours`` of the start of the stay they belong to (no per-event loops).
+
+    With a boolean ``keep`` over ``stays``, only events of kept stays are returned and ``stay`` indexes
+    the kept stays (``stays.take(keep)``).
+    """
     s = h.shard
-    keep = (h.concept >= 0) & (s.time != NAT)
-    rows = np.flatnonzero(keep)
-    empty = StayEvents(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0))
+    rows = np.flatnonzero((h.concept >= 0) & (s.time != NAT))
     if len(stays) == 0 or len(rows) == 0:
-        return empty
+        return StayEvents(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0))
     subj, t = s.subject[rows], s.time[rows]
-    uniq, first, count = np.unique(stays.subject, return_index=True, return_counts=True)
+    first = np.flatnonzero(np.r_[True, stays.subject[1:] != stays.subject[:-1]])  # stays sorted by subject
+    uniq, count = stays.subject[first], np.diff(np.r_[first, len(stays)])
     pos = np.clip(np.searchsorted(uniq, subj), 0, len(uniq) - 1)
-    member = uniq[pos] == subj
+    member = np.flatnonzero(uniq[pos] == subj)
     rows, t, pos = rows[member], t[member], pos[member]
     lo = first[pos]
     cand = lo + count[pos] - 1
     while True:  # steps back over a subject's later stays; runs at most max(stays per subject) times
-        back = (stays.start[cand] > t) & (cand > lo)
-        if not back.any():
+        back = np.flatnonzero((stays.start[cand] > t) & (cand > lo))
+        if len(back) == 0:
             break
         cand[back] -= 1
     offset = t - stays.start[cand]
     ok = (offset >= 0) & (offset < horizon_hours * HOUR_US)
-    rows = rows[ok]
-    return StayEvents(cand[ok].astype(np.int64), offset[ok], h.concept[rows], h.value[rows])
+    if keep is not None:
+        ok &= keep[cand]
+        cand = (np.cumsum(keep) - 1)[cand]
+    sel = np.flatnonzero(ok)
+    rows = rows[sel]
+    return StayEvents(cand[sel].astype(np.int64), offset[sel], h.concept[rows], h.value[rows])
 
 
 def eligible_stay_events(h: Harmonized, horizon_hours: int) -> tuple[Stays, Stays, StayEvents]:
@@ -265,9 +273,4 @@ def eligible_stay_events(h: Harmonized, horizon_hours: int) -> tuple[Stays, Stay
     Events are attributed against all stays first so an ineligible stay still claims its own events.
     """
     stays = find_stays(h)
-    ev = attribute_events(h, stays, horizon_hours)
-    keep = stays.eligible
-    renumber = np.cumsum(keep) - 1
-    sel = keep[ev.stay]
-    ev = StayEvents(renumber[ev.stay[sel]], ev.offset[sel], ev.concept[sel], ev.value[sel])
-    return stays, stays.take(keep), ev
+    return stays, stays.take(stays.eligible), attribute_events(h, stays, horizon_hours, stays.eligible)

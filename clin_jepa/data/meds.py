@@ -67,9 +67,7 @@ def table_to_shard(path: Path, table: pa.Table) -> Shard:
     if t.type != pa.timestamp("us"):
         t = t.cast(pa.timestamp("us"))
     time = pc.fill_null(t.cast(pa.int64()), NAT).to_numpy()
-    enc = pc.dictionary_encode(table.column(CODE)).combine_chunks()
-    codes = enc.dictionary.to_pylist()
-    code_index = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    codes, code_index = _encode_codes(table)
     if VALUE in table.column_names:
         value = pc.fill_null(table.column(VALUE).cast(pa.float64()), np.nan).to_numpy()
     else:
@@ -77,10 +75,24 @@ def table_to_shard(path: Path, table: pa.Table) -> Shard:
     return Shard(path, subject, time, code_index, codes, value)
 
 
+def _encode_codes(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    """Distinct codes and per-event indices; reuses parquet's own dictionary when it was read as one."""
+    col = table.column(CODE)
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    if col.num_chunks > 1:
+        col = table.select([CODE]).set_column(0, CODE, col).unify_dictionaries().column(CODE)
+    if col.num_chunks == 0:
+        return [], np.zeros(0, np.int32)
+    codes = col.chunk(0).dictionary.to_pylist()
+    index = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
+    return codes, index.astype(np.int32, copy=False)
+
+
 def read_shard(path: Path) -> Shard:
-    """Read the columns this project uses from one data shard."""
+    """Read the columns this project uses from one data shard (codes straight from parquet's dictionary)."""
     columns = [c for c in (SUBJECT, TIME, CODE, VALUE) if c in pq.read_schema(path).names]
-    return table_to_shard(path, pq.read_table(path, columns=columns))
+    return table_to_shard(path, pq.read_table(path, columns=columns, read_dictionary=[CODE]))
 
 
 def iter_shards(root: Path) -> Iterator[Shard]:

@@ -107,6 +107,14 @@ def compute_labels(specs: tuple[TaskSpec, ...], stays: Stays, events: StayEvents
     n = len(stays)
     out = np.full((n, len(specs)), np.nan, dtype=np.float32)
     index = {name: i for i, name in enumerate(load_concepts().names)}
+    thresholds = [s for s in specs if s.kind == "threshold"]
+    if thresholds:  # one pass narrows the events to the union of the windows
+        lo_all = min(s.window[0] for s in thresholds) * HOUR_US
+        hi_all = max(s.window[1] for s in thresholds) * HOUR_US  # type: ignore[type-var]
+        near = np.flatnonzero((events.offset > lo_all) & (events.offset <= hi_all)
+                              & np.isfinite(events.value))
+        stay, offset = events.stay[near], events.offset[near]
+        concept, value = events.concept[near], events.value[near]
     for j, spec in enumerate(specs):
         lo = spec.window[0] * HOUR_US
         if spec.kind == "death":
@@ -117,10 +125,9 @@ def compute_labels(specs: tuple[TaskSpec, ...], stays: Stays, events: StayEvents
             out[:, j] = died.astype(np.float32)
             continue
         hi = spec.window[1] * HOUR_US
-        inside = ((events.concept == index[spec.concept]) & (events.offset > lo) & (events.offset <= hi)
-                  & np.isfinite(events.value))
-        crosses = events.value < spec.value if spec.op == "<" else events.value > spec.value
-        measured = np.bincount(events.stay[inside], minlength=n) > 0
-        crossed = np.bincount(events.stay[inside & crosses], minlength=n) > 0
+        inside = (concept == index[spec.concept]) & (offset > lo) & (offset <= hi)
+        crosses = value < spec.value if spec.op == "<" else value > spec.value
+        measured = np.bincount(stay[inside], minlength=n) > 0
+        crossed = np.bincount(stay[inside & crosses], minlength=n) > 0
         out[:, j] = np.where(measured, crossed.astype(np.float32), np.nan)
     return out

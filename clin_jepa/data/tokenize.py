@@ -132,22 +132,21 @@ class _Tokenizer:
     def _one(self, shard: Shard) -> SiteTensors:
         h = harmonize(shard, self.mapper)
         _, stays, ev = eligible_stay_events(h, self.horizon)
-        ev_stay, offset, concept, value = ev.stay, ev.offset, ev.concept, ev.value
         n, T = len(stays), self.hours
         C, K = len(self.disc.concepts), len(self.disc.treatments)
         duration = stays.end - stays.start
         mask = np.arange(T)[None, :] * HOUR_US < duration[:, None]
         # only in-stay events become tokens; labels (below) may look past the stay end
-        tok = (offset < np.minimum(duration[ev_stay], T * HOUR_US))
-        hour = offset // HOUR_US
+        tok = ev.offset < np.minimum(duration, T * HOUR_US)[ev.stay]
+        cell = ev.stay * T + ev.offset // HOUR_US  # (stay, hour)
+        col = self.column[ev.concept]
+        m = np.flatnonzero(tok & (col >= 0) & np.isfinite(ev.value))
         bins = np.zeros(n * T * C, np.int16)
-        col = self.column[concept]
-        m = tok & (col >= 0) & np.isfinite(value)
-        self._fill_bins(bins, ev_stay[m], hour[m], col[m], value[m], offset[m])
+        self._fill_bins(bins, cell[m] * C + col[m], col[m], ev.value[m], ev.offset[m])
         treat = np.zeros(n * T * K, np.float32)
-        tcol = self.treat_column[concept]
+        tcol = self.treat_column[ev.concept]
         mt = tok & (tcol >= 0)
-        treat[(ev_stay[mt] * T + hour[mt]) * K + tcol[mt]] = 1.0
+        treat[cell[mt] * K + tcol[mt]] = 1.0
         labels = compute_labels(self.tasks, stays, ev)
         split = np.array([self.splits.get(int(s), -1) for s in stays.subject], np.int8)
         if (split < 0).any():
@@ -158,22 +157,24 @@ class _Tokenizer:
                            labels, split, stays.subject.astype(np.int64), self.disc.concepts,
                            self.disc.treatments, tuple(t.name for t in self.tasks), self.cfg.site)
 
-    def _fill_bins(self, bins: np.ndarray, stay: np.ndarray, hour: np.ndarray, col: np.ndarray,
-                   value: np.ndarray, offset: np.ndarray) -> None:
-        T, C = self.hours, len(self.disc.concepts)
-        flat = (stay * T + hour) * C + col
-        b = np.zeros(len(value), np.int16)
+    def _fill_bins(self, bins: np.ndarray, flat: np.ndarray, col: np.ndarray, value: np.ndarray,
+                   offset: np.ndarray) -> None:
+        """Write into flat ``bins`` the value bin of the latest event of every (stay, hour, concept) cell."""
+        # group by concept with one stable sort of a small int, then one searchsorted per concept
+        order = np.argsort(col.astype(np.int16), kind="stable")
+        bounds = np.searchsorted(col[order], np.arange(len(self.disc.concepts) + 1))
+        v = value[order]
+        b_sorted = np.empty(len(v), np.int16)
         for j, name in enumerate(self.disc.concepts):
-            sel = col == j
-            b[sel] = 1 + np.searchsorted(self.disc.edges[name], value[sel], side="right")
-        # last value per (stay, hour, concept): sort by cell, then by time inside the hour
-        if len(flat) and int(flat.max()) < np.iinfo(np.int64).max // HOUR_US:
-            order = np.argsort(flat * HOUR_US + offset % HOUR_US)  # one int64 sort is cheapest
-        else:
-            order = np.lexsort((offset, flat))
-        fs = flat[order]
-        last = np.r_[fs[1:] != fs[:-1], True] if len(fs) else np.zeros(0, bool)
-        bins[fs[last]] = b[order][last]
+            lo, hi = bounds[j], bounds[j + 1]
+            b_sorted[lo:hi] = 1 + np.searchsorted(self.disc.edges[name], v[lo:hi], side="right")
+        b = np.empty_like(b_sorted)
+        b[order] = b_sorted
+        # the latest event per cell wins; cheaper than sorting by (cell, time)
+        latest = np.full(len(bins), -1, np.int64)
+        np.maximum.at(latest, flat, offset)
+        win = latest[flat] == offset
+        bins[flat[win]] = b[win]
 
 
 def tokenize_dataset(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...],

@@ -183,6 +183,8 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
                       f"metadata/subject_splits.parquet, e.g. {missing[:5].tolist()}")
         counts = h.code_counts()
         for code, n, cat, concept in zip(s.codes, counts, h.info.category, h.info.concept, strict=True):
+            if n == 0:
+                continue
             summary.code_counts[code] += int(n)
             summary.code_category[code] = int(cat)
             if concept >= 0:
