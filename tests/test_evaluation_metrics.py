@@ -103,6 +103,13 @@ def test_displacement_and_ratio_of_constructed_cohorts():
     cohort = np.array([STABLE] * 3 + [DETERIORATING] * 3)
     disp = displacement(z, mask)
     assert disp == pytest.approx([1, 1, 1, 3, 3, 3])
+    assert displacement(z, mask, window=1) == pytest.approx(disp)
+    # windows average: a stay that climbs 0..47 over the horizon, 6-hour end window = hours 66..71
+    z2 = np.zeros((1, t, 1))
+    z2[0, 24:, 0] = np.arange(48)
+    m2 = np.ones((1, t), bool)
+    assert displacement(z2, m2, window=6)[0] == pytest.approx(np.mean(np.arange(42, 48)))
+    assert displacement(z2, m2, window=1)[0] == pytest.approx(47)
     r = displacement_ratio(disp, cohort)
     assert r["ratio"] == pytest.approx(3.0)
     assert (r["n_stable"], r["n_deteriorating"]) == (3, 3)

@@ -7,9 +7,9 @@ Cohorts (defined on the task labels so they exist on real data, not only on the 
 * **stable** — every *defined* task label is 0 and at least one is defined (NaN = task not measured);
 * everything else (all labels undefined) is left out of both cohorts.
 
-Displacement of a stay is the Euclidean distance between its layer-normed target-encoder latent at the
-prediction time (hour index ``context - 1``) and at its last in-stay hour of the horizon. Stays that end at
-the prediction time have no horizon and no displacement (NaN).
+Displacement of a stay (:func:`displacement`) is the Euclidean distance between its layer-normed
+target-encoder latent around the prediction time and around its last in-stay hour of the horizon (means
+over a few hours). Stays that end at the prediction time have no horizon and no displacement (NaN).
 """
 
 from __future__ import annotations
@@ -31,17 +31,27 @@ def cohorts(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def displacement(z: np.ndarray, mask: np.ndarray, context: int = 24) -> np.ndarray:
-    """(N, T, D) latents and (N, T) in-stay mask -> (N,) endpoint displacement after the prediction time."""
+def displacement(z: np.ndarray, mask: np.ndarray, context: int = 24, window: int = 6) -> np.ndarray:
+    """(N, T, D) latents and (N, T) in-stay mask -> (N,) displacement over the horizon.
+
+    Distance between the mean latent of the last ``window`` context hours (ending at the prediction
+    time) and the mean latent of the last ``window`` in-stay hours of the horizon (fewer if the stay
+    has fewer horizon hours). Averaging a few hours keeps the hour-to-hour swing of which concepts
+    happened to be measured from dominating; ``window=1`` is the plain endpoint distance. Stays are
+    contiguous from hour 0 (the SiteTensors contract).
+    """
     n, t, _ = z.shape
+    z = z.astype(np.float64)
+    start = z[:, max(0, context - window) : context].mean(axis=1)
     in_horizon = mask[:, context:]
-    has = in_horizon.any(axis=1)
-    # index of the last in-stay hour within the horizon; stays are contiguous from hour 0
-    last = context + (t - context - 1) - np.argmax(in_horizon[:, ::-1], axis=1)
-    start = z[:, context - 1]
-    end = z[np.arange(n), last]
-    d = np.linalg.norm(end.astype(np.float64) - start.astype(np.float64), axis=1)
-    return np.where(has, d, np.nan)
+    n_h = in_horizon.sum(axis=1)
+    hours = np.arange(context, t)[None, :]
+    last = context + n_h[:, None] - 1
+    sel = in_horizon & (hours > last - window)
+    counts = sel.sum(axis=1, keepdims=True)
+    end = (z[:, context:] * sel[..., None]).sum(axis=1) / np.maximum(counts, 1)
+    d = np.linalg.norm(end - start, axis=1)
+    return np.where(n_h > 0, d, np.nan)
 
 
 def displacement_ratio(disp: np.ndarray, cohort: np.ndarray) -> dict[str, float]:

@@ -58,9 +58,13 @@ def _unpack(path: Path, device: str) -> tuple[Any, Any, dict[str, Any], tuple[st
     from clin_jepa.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path, verify=True)
+    disc = ck.load_discretization()
+    if disc is None:
+        raise CheckpointError(f"checkpoint {path} carries no discretization, so its tokens cannot be "
+                              "rebuilt; evaluate checkpoints written by `clin-jepa train` or the ServerApp")
     model = ck.build_model().to(device).eval()
-    info = {k: getattr(ck, k) for k in ("mode", "phase", "step", "round") if getattr(ck, k, None) is not None}
-    return model, ck.discretization, info, getattr(ck, "tasks", None)
+    info = {"mode": ck.curriculum.get("mode"), "phase": ck.phase, "step": ck.step, "round": ck.round}
+    return model, disc, {k: v for k, v in info.items() if v not in (None, "")}, tuple(ck.tasks) or None
 
 
 def _model_vs_disc(label: str, path: Path, cfg: Any, disc: Any) -> list[str]:

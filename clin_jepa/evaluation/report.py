@@ -24,6 +24,7 @@ from clin_jepa.evaluation.geometry import DETERIORATING, STABLE  # noqa: E402
 from clin_jepa.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 COHORT_STYLE = ((STABLE, "tab:blue", "stable"), (DETERIORATING, "tab:red", "deteriorating"))
+READABLE = 0o644  # reports are meant to be shared, unlike temp files
 PLOTS = ("drift_curves.png", "probe_auroc.png", "geometry_projection.png")
 
 
@@ -149,25 +150,50 @@ def plot_auroc(metrics: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+def _cohort_mean_path(proj: np.ndarray, mask: np.ndarray, idx: np.ndarray, context: int,
+                      block: int = 6) -> np.ndarray:
+    """The cohort's mean projected position per ``block``-hour block, from the last context block on
+    (in-stay hours only): hourly positions swing with which concepts were measured, blocks do not."""
+    t = proj.shape[1]
+    points = []
+    for lo in range(context - block, t, block):
+        m = mask[idx, lo : lo + block, None]
+        if m.sum() == 0:
+            break
+        points.append((proj[idx, lo : lo + block] * m).sum(axis=(0, 1)) / m.sum())
+    return np.array(points).reshape(-1, 2)
+
+
 def plot_projection(projections: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], context: int,
-                    max_stays: int = 150) -> bytes:
-    """``projections[label] = (proj (N,T,2), mask (N,T), cohort (N,))``: trajectories from the 24 h point."""
+                    max_stays: int = 200) -> bytes:
+    """``projections[label] = (proj (N,T,2), mask (N,T), cohort (N,))``.
+
+    Hour-to-hour latents are noisy, so each stay is drawn as one segment from its prediction-time point
+    to its last in-stay point (dot), and each cohort's mean path over the horizon as a bold line.
+    """
     n = max(len(projections), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
     for ax, (label, (proj, mask, cohort)) in zip(axes[0], projections.items(), strict=False):
         for kind, colour, name in COHORT_STYLE:
-            idx = np.flatnonzero(cohort == kind)[:max_stays]
-            for j in idx:
-                hours = np.flatnonzero(mask[j, context - 1 :]) + context - 1
-                ax.plot(proj[j, hours, 0], proj[j, hours, 1], color=colour, alpha=0.15, lw=0.7)
-            if idx.size:
-                ends = [proj[j, np.flatnonzero(mask[j])[-1]] for j in idx]
-                ax.scatter(*np.array(ends).T, s=6, color=colour, label=f"{name} (n={idx.size})")
+            idx = np.flatnonzero(cohort == kind)
+            idx = idx[mask[idx, context:].any(axis=1)][:max_stays]
+            if not idx.size:
+                continue
+            last = np.array([np.flatnonzero(mask[j])[-1] for j in idx])
+            start, end = proj[idx, context - 1], proj[idx, last]
+            for a, b in zip(start, end, strict=True):
+                ax.plot([a[0], b[0]], [a[1], b[1]], color=colour, alpha=0.2, lw=0.7)
+            ax.scatter(end[:, 0], end[:, 1], s=7, color=colour, label=f"{name} (n={idx.size})")
+            path = _cohort_mean_path(proj, mask, idx, context)
+            ax.plot(path[:, 0], path[:, 1], color=colour, lw=2.5)
+            if len(path):
+                ax.scatter(*path[0], marker="x", s=60, color="black", zorder=3)
         ax.set_title(label, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(fontsize=7)
-    fig.suptitle("Target-encoder latents from hour 24 (PCA, 2-D); dots = last in-stay hour", fontsize=9)
+    fig.suptitle("Ē latents, PCA 2-D: segment = hour 24 → last in-stay hour (dot); bold = cohort mean "
+                 "path in 6-hour blocks from × (hours 19–24)", fontsize=8)
     return _png(fig)
 
 
@@ -177,10 +203,11 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any],
     out = Path(out_dir)
     clean = to_jsonable(metrics)
     files = [
-        atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n"),
-        atomic_write_bytes(out / PLOTS[0], plot_drift(clean)),
-        atomic_write_bytes(out / PLOTS[1], plot_auroc(clean)),
-        atomic_write_bytes(out / PLOTS[2], plot_projection(projections, metrics["settings"]["context"])),
+        atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n", READABLE),
+        atomic_write_bytes(out / PLOTS[0], plot_drift(clean), READABLE),
+        atomic_write_bytes(out / PLOTS[1], plot_auroc(clean), READABLE),
+        atomic_write_bytes(out / PLOTS[2], plot_projection(projections, metrics["settings"]["context"]),
+                           READABLE),
     ]
-    files.append(atomic_write_text(out / "report.md", markdown(clean)))
+    files.append(atomic_write_text(out / "report.md", markdown(clean), READABLE))
     return files

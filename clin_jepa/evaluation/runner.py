@@ -32,7 +32,8 @@ EMBEDDING_DOC = ("target encoder Ē, layer-normed latent at hour 24 concatenated
                  "scored on held_out")
 COHORT_DOC = ("deteriorating = any task label positive (in-ICU death or an abnormal value in its window); "
               "stable = every defined task label 0; stays with no defined label belong to neither. "
-              "Displacement = ‖Ē(hour 24) − Ē(last in-stay hour ≤ 72)‖₂ on layer-normed latents.")
+              "Displacement = ‖mean Ē(hours 19–24) − mean Ē(last 6 in-stay hours ≤ 72)‖₂ on layer-normed "
+              "latents.")
 
 
 @dataclass(frozen=True)
