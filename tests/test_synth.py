@@ -15,9 +15,17 @@ import pytest
 from clin_jepa.cli import main
 from clin_jepa.config import load_site_config
 from clin_jepa.data.concepts import to_canonical
+from clin_jepa.data.synth import physiology as ph
 from clin_jepa.data.synth import synthesize
-from clin_jepa.data.synth.check import task_report
-from clin_jepa.data.synth.physiology import MEASUREMENTS, TREATMENTS
+from clin_jepa.data.synth.check import last_values, task_report
+from clin_jepa.data.synth.physiology import (
+    COHORTS,
+    MEASUREMENTS,
+    TREATMENTS,
+    CaseMix,
+    sample_population,
+    simulate,
+)
 from clin_jepa.data.synth.profiles import BASE_PROFILES, hospital_profiles
 from clin_jepa.errors import ConfigError
 
@@ -238,3 +246,69 @@ def test_more_sites_than_profiles_are_distinct_variants(tmp_path: Path) -> None:
     assert abs(sum(profiles[3].mix.shares.values()) - 1.0) < 1e-9
     with pytest.raises(ConfigError, match="--sites"):
         synthesize(tmp_path / "x", n_sites=27)
+
+
+def test_tokenized_tensors_agree_with_the_check(small: Path) -> None:
+    from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
+    from clin_jepa.data.tasks import load_tasks
+    from clin_jepa.data.tokenize import build_site_tensors
+
+    cfgs = [load_site_config(small / f"{s}.yaml") for s in SITES]
+    disc = quantile_edges(merge_statistics([compute_site_statistics(c) for c in cfgs]))
+    assert set(disc.concepts) == set(MEASUREMENTS)
+    tasks = load_tasks()
+    for cfg in cfgs:
+        st = build_site_tensors(cfg, disc, tasks, use_cache=False)
+        lv = last_values(cfg, tasks)
+        np.testing.assert_array_equal(st.labels, lv.labels)
+        assert st.mask[:, :24].all() and 0.3 < st.mask.all(axis=1).mean() < 0.9  # some stays end before 72 h
+        assert (st.treat.sum(axis=(0, 1)) > 0).all(), "every treatment is given somewhere"
+        first_day = st.bins[:, :24][st.mask[:, :24]]
+        assert (first_day > 0).mean(axis=0).min() > 0.02, "every concept is observed in the first day"
+
+
+def test_physiology_cohorts_treatments_and_outcomes() -> None:
+    mix = CaseMix({c: 1 / len(COHORTS) for c in COHORTS}, age_mean=65.0, ckd=0.1, diabetes=0.2)
+    rng = np.random.default_rng(0)
+    pop = sample_population(rng, 1500, mix)
+    course = simulate(rng, pop)
+    sev = course.severity()
+    inside = np.arange(sev.shape[1])[None, :] < course.end[:, None]
+    peak = np.where(inside, sev, 0.0).max(axis=1)
+    stable = pop.cohort == 0
+    for k in range(1, len(COHORTS)):
+        sick = pop.cohort == k
+        assert np.median(peak[sick]) > 2 * np.median(peak[stable]), COHORTS[k]
+        assert course.died[sick].mean() > course.died[stable].mean(), COHORTS[k]
+    onset_hours = pop.onset[~stable]
+    assert 0.3 < np.mean((onset_hours > 24) & (onset_hours <= 48)) < 0.5  # much happens after 24 h
+    assert 0.03 < np.mean(course.end < 24) < 0.2 and course.end.max() > 96
+    # treatments follow the state: pressors when the pressure is low, ventilation when saturation is low
+    tr = course.treat
+    low_map = course.truth["map"][:, :-1] < 63
+    assert tr[:, 1:, 0][low_map].mean() > 5 * tr[:, 1:, 0][~low_map].mean()
+    low_spo2 = course.truth["spo2"][:, :-1] < 89
+    assert tr[:, 1:, 2][low_spo2].mean() > 5 * tr[:, 1:, 2][~low_spo2].mean()
+
+
+def test_treatments_act_on_the_latent_state() -> None:
+    rng = np.random.default_rng(1)
+    only_sepsis = {c: float(c == "sepsis") for c in ph.COHORTS}
+    pop = ph.sample_population(rng, 50, ph.CaseMix(only_sepsis, 65.0, 0.0, 0.0))
+    x = np.full((50, len(ph.SYSTEMS)), 0.8)
+    off = np.zeros((50, len(ph.TREATMENTS)), dtype=bool)
+
+    def target(treatment: str, t: int = 40, abx_start: float = np.inf) -> np.ndarray:
+        u = off.copy()
+        if treatment:
+            u[:, ph.TREATMENTS.index(treatment)] = True
+        return ph._targets(pop, x, u, np.full(50, abx_start), t)
+
+    none = target("")
+    assert (target("vasopressor")[:, ph.C_] < none[:, ph.C_]).all()
+    assert (target("mechanical_ventilation")[:, ph.P_] < none[:, ph.P_]).all()
+    assert (target("diuretic")[:, ph.F_] < none[:, ph.F_]).all()
+    active = none[:, ph.I_] > 0
+    assert active.sum() > 10
+    late = target("", abx_start=0.0)[:, ph.I_]  # antibiotics since hour 0 shrink the sepsis driver
+    assert (late[active] < none[active, ph.I_]).all()
