@@ -45,11 +45,16 @@ class PrivacyHook(Protocol):
         """Called after ``optimizer.step()``."""
 
 
-def build_optimizer(model: ClinJEPA, cfg: CurriculumConfig) -> torch.optim.AdamW:
-    """AdamW over all online parameters (E and P). Parameters of a frozen group get no gradient, and AdamW
-    skips parameters without one, so frozen groups stay bitwise unchanged (no weight decay either)."""
+def build_optimizer(model: ClinJEPA, cfg: CurriculumConfig,
+                    groups: tuple[str, ...] = ("encoder", "predictor")) -> torch.optim.AdamW:
+    """AdamW over the parameters of ``groups`` (default: all online ones, E and P; a DP client passes
+    ``phase.trainable`` so every optimized parameter gets per-sample gradients). Parameters of a frozen
+    group get no gradient, and AdamW skips those, so they stay bitwise unchanged (no weight decay either).
+    Matrices and embeddings decay; biases and LayerNorm weights do not."""
+    if "target_encoder" in groups:
+        raise ValueError("the target encoder is never optimized (it follows E by EMA)")
     decay, no_decay = [], []
-    for name in ("encoder", "predictor"):
+    for name in groups:
         for p in getattr(model, name).parameters():
             (decay if p.ndim >= 2 else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

@@ -120,26 +120,29 @@ def _rewind_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
 
-def _checkpoint(model: ClinJEPA, data: PreparedSites, tcfg: TrainerConfig, ccfg: CurriculumConfig,
-                optimizer: torch.optim.Optimizer, step: int, metrics: dict[str, Any]) -> Checkpoint:
-    return Checkpoint.from_model(
-        model, curriculum=ccfg.to_dict(), discretization=data.disc.to_dict(), tasks=list(data.task_names),
-        step=step, phase=phase_at(max(0, step - 1), tcfg.steps, ccfg).name, optimizer=optimizer.state_dict(),
-        metrics=metrics, extra={"trainer": tcfg.to_dict(), "sites": list(data.sites),
-                                "rng": {"torch": torch.get_rng_state()}})
+@dataclass
+class _Run:
+    model: ClinJEPA
+    optimizer: torch.optim.Optimizer
+    data: PreparedSites
+    tcfg: TrainerConfig
+    ccfg: CurriculumConfig
+    device: torch.device
+    step: int
+
+    def checkpoint(self, metrics: dict[str, Any]) -> Checkpoint:
+        return Checkpoint.from_model(
+            self.model, curriculum=self.ccfg.to_dict(), discretization=self.data.disc.to_dict(),
+            tasks=list(self.data.task_names), step=self.step,
+            phase=phase_at(max(0, self.step - 1), self.tcfg.steps, self.ccfg).name,
+            optimizer=self.optimizer.state_dict(), metrics=metrics,
+            extra={"trainer": self.tcfg.to_dict(), "sites": list(self.data.sites),
+                   "rng": {"torch": torch.get_rng_state()}})
 
 
-def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: TrainerConfig | None = None,
-                      ccfg: CurriculumConfig | None = None, resume: bool = False,
-                      progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
-    """Train on the pooled train splits of ``sites``; returns the last logged record.
-
-    ``stop_at`` ends this call after that global step with a checkpoint (a time-boxed session, or a
-    test of resume); the schedule still spans ``tcfg.steps``.
-    With ``resume=True`` the run continues from ``out/ckpt.pt`` and its stored configs (``tcfg`` and
-    ``ccfg`` must then be ``None``); the sites are tokenized with the checkpoint's discretization.
-    """
-    out = Path(out)
+def _open_run(sites: Sequence[str | Path], out: Path, tcfg: TrainerConfig | None,
+              ccfg: CurriculumConfig | None, resume: bool) -> _Run:
+    """A fresh run (seeded init, statistics round) or the state stored in ``out/ckpt.pt``."""
     ckpt = None
     if resume:
         if tcfg is not None or ccfg is not None:
@@ -147,6 +150,9 @@ def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: Traine
         ckpt = load_checkpoint(out / CKPT_NAME)
         tcfg = TrainerConfig.from_dict(ckpt.extra["trainer"])
         ccfg = CurriculumConfig.from_dict(ckpt.curriculum)
+    elif (out / CKPT_NAME).exists():
+        raise ConfigError(f"{out} already holds a run ({CKPT_NAME}); continue it with --resume {out} or "
+                          "choose another --out folder")
     tcfg, ccfg = tcfg or TrainerConfig(), ccfg or CurriculumConfig()
     data = prepare_sites(sites, tcfg.hours, ckpt.load_discretization() if ckpt else None)
     if ckpt is not None:
@@ -166,46 +172,65 @@ def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: Traine
     optimizer = build_optimizer(model, ccfg)
     if ckpt is not None and ckpt.optimizer is not None:
         optimizer.load_state_dict(ckpt.optimizer)
-    if tcfg.compile:
-        model.encoder.compile()
-        model.target_encoder.compile()
-        model.predictor.compile()
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / METRICS_NAME
-    _rewind_metrics(metrics_path, step) if ckpt is not None else atomic_write_text(metrics_path, "")
-    if ckpt is None:
-        save_checkpoint(out / CKPT_NAME, _checkpoint(model, data, tcfg, ccfg, optimizer, 0, {}))
+    if tcfg.compile:  # in place: parameter names, hence checkpoints, are unchanged
+        for module in model.groups().values():
+            module.compile()
+    return _Run(model, optimizer, data, tcfg, ccfg, device, step)
 
+
+def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: TrainerConfig | None = None,
+                      ccfg: CurriculumConfig | None = None, resume: bool = False,
+                      progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+    """Train on the pooled train splits of ``sites``; returns the last logged record.
+
+    With ``resume=True`` the run continues from ``out/ckpt.pt`` and its stored configs (``tcfg`` and
+    ``ccfg`` must then be ``None``); the sites are tokenized with the checkpoint's discretization.
+    ``stop_at`` ends this call after that global step with a checkpoint (a time-boxed session, or a
+    test of resume); the schedule still spans ``tcfg.steps``.
+    """
     from clin_jepa.data.dataset import infinite_batches
 
-    batches = infinite_batches(data.train, tcfg.batch_size, tcfg.seed, start_step=step)
-    schedule = CurriculumSchedule(ccfg, tcfg.steps)
+    out = Path(out)
+    run = _open_run(sites, out, tcfg, ccfg, resume)
+    tcfg = run.tcfg
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS_NAME
+    if resume:
+        _rewind_metrics(metrics_path, run.step)
+    else:
+        atomic_write_text(metrics_path, "")
+        save_checkpoint(out / CKPT_NAME, run.checkpoint({}))  # a crash before the first save can resume
+    batches = infinite_batches(run.data.train, tcfg.batch_size, tcfg.seed, start_step=run.step)
+    schedule = CurriculumSchedule(run.ccfg, tcfg.steps)
+    end = tcfg.steps if stop_at is None else max(run.step, min(stop_at, tcfg.steps))
     record: dict[str, Any] = {}
     monitors: dict[str, float] = {}
-    bar = tqdm(total=tcfg.steps, initial=step, disable=not progress, unit="step", desc=f"train {data.label}")
-    end = tcfg.steps if stop_at is None else max(step, min(stop_at, tcfg.steps))
-    while step < end:
-        n = min(tcfg.log_every - step % tcfg.log_every, end - step)
+    bar = tqdm(total=tcfg.steps, initial=run.step, disable=not progress, unit="step",
+               desc=f"train {run.data.label}")
+    while run.step < end:
+        # chunks end on log and checkpoint boundaries; train_steps is stateless, so chunking is invisible
+        n = min(tcfg.log_every - run.step % tcfg.log_every, end - run.step)
         if tcfg.ckpt_every:
-            n = min(n, tcfg.ckpt_every - step % tcfg.ckpt_every)
+            n = min(n, tcfg.ckpt_every - run.step % tcfg.ckpt_every)
         monitors.clear()
         start = time.perf_counter()
-        metrics, step = train_steps(model, batches, optimizer, schedule, step, n, loss_cfg=tcfg.loss,
-                                    device=device, amp=tcfg.amp, log_every=tcfg.log_every,
-                                    on_log=lambda _s, d: monitors.update(d))
-        seconds = time.perf_counter() - start
-        if step % tcfg.log_every == 0 or step == end:
-            record = {"step": step, "phase": phase_at(step - 1, tcfg.steps, ccfg).name, **metrics,
+        metrics, run.step = train_steps(run.model, batches, run.optimizer, schedule, run.step, n,
+                                        loss_cfg=tcfg.loss, device=run.device, amp=tcfg.amp,
+                                        log_every=tcfg.log_every, on_log=lambda _s, d: monitors.update(d))
+        hours_per_s = metrics["num_examples"] * run.data.train.hours / max(time.perf_counter() - start, 1e-9)
+        if run.step % tcfg.log_every == 0 or run.step == end:
+            record = {"step": run.step, "phase": phase_at(run.step - 1, tcfg.steps, run.ccfg).name, **metrics,
                       **{k: v for k, v in monitors.items() if k not in metrics},
-                      "patient_hours_per_s": metrics["num_examples"] * data.train.hours / max(seconds, 1e-9)}
+                      "patient_hours_per_s": hours_per_s}
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", phase=record["phase"])
         bar.update(n)
-        if step == end or (tcfg.ckpt_every and step % tcfg.ckpt_every == 0):
-            ck = _checkpoint(model, data, tcfg, ccfg, optimizer, step, record)
+        periodic = bool(tcfg.ckpt_every) and run.step % tcfg.ckpt_every == 0
+        if run.step == end or periodic:
+            ck = run.checkpoint(record)
             save_checkpoint(out / CKPT_NAME, ck)
-            if tcfg.ckpt_every and step % tcfg.ckpt_every == 0:
-                save_checkpoint(out / f"ckpt-step{step:07d}.pt", ck)
+            if periodic:
+                save_checkpoint(out / f"ckpt-step{run.step:07d}.pt", ck)
     bar.close()
     return record

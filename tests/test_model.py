@@ -76,6 +76,12 @@ def test_encoder_and_predictor_are_causal():
     assert not torch.allclose(p2[:, 10], p[:, 10])
 
 
+def test_too_many_hours_is_a_clear_error():
+    model = ClinJEPA(preset("tiny", max_hours=16))
+    with pytest.raises(ConfigError, match="max_hours=16"):
+        model.encoder(random_batch(model.cfg, 1, 17))
+
+
 def test_unobserved_cells_ignore_value_rows():
     cfg = preset("tiny")
     model = ClinJEPA(cfg)

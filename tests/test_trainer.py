@@ -71,10 +71,12 @@ def test_cli_train_and_resume_refuses_new_settings(sites, tmp_path, capsys):
     assert main(["train", "--sites", *sites, "--resume", str(out), "--steps", "8"]) == 2
     assert "--steps" in capsys.readouterr().err
     assert main(["train", "--sites", *sites, "--resume", str(tmp_path / "nothing")]) == 2
+    assert main(["train", "--sites", *sites, "--out", str(out), "--preset", "tiny"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
 
 
 def test_curriculum_learns_without_collapse(sites, tmp_path):
-    train_centralized(sites, tmp_path, _tcfg(steps=120, batch_size=16, log_every=10, hours=48),
+    train_centralized(sites, tmp_path, _tcfg(steps=80, batch_size=12, log_every=10, hours=36),
                       CurriculumConfig(lr=2e-3), progress=False)
     records = _records(tmp_path / "metrics.jsonl")
     record_first, record_last = records[0], records[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clin_jepa.errors import ConfigError
 from clin_jepa.models.config import ModelConfig
 from clin_jepa.models.layers import CausalTransformer
 
@@ -30,6 +31,9 @@ class Encoder(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         bins = batch["bins"]
+        if bins.shape[1] > self.cfg.max_hours:
+            raise ConfigError(f"batch has {bins.shape[1]} hours but the model was built for at most "
+                              f"max_hours={self.cfg.max_hours}")
         observed = (bins > 0).unsqueeze(-1)
         tokens = self.values(bins + self.offsets)
         h = (tokens * observed.to(tokens.dtype)).sum(dim=-2)
