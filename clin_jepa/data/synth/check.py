@@ -95,7 +95,7 @@ def task_report(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) -> l
         fit, test = train & defined, held & defined
         auroc = float("nan")
         if len(np.unique(y[fit])) == 2 and len(np.unique(y[test])) == 2:
-            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            model = make_pipeline(StandardScaler(), LogisticRegression(solver="liblinear", max_iter=1000))
             model.fit(x[fit], y[fit])
             auroc = float(roc_auc_score(y[test], model.predict_proba(x[test])[:, 1]))
         rate = float(y[defined].mean()) if defined.any() else float("nan")

@@ -42,7 +42,7 @@ _WANDER_SD = {"heart_rate": 5.0, "map": 4.0, "sbp": 5.0, "resp_rate": 1.5, "spo2
               "sodium": 1.8, "potassium": 0.2, "bicarbonate": 1.2, "glucose": 12.0, "hemoglobin": 0.8}
 _FRAILTY_SHIFT = {"heart_rate": 6.0, "map": -4.0, "resp_rate": 1.5, "bicarbonate": -1.0, "hemoglobin": -0.5,
                   "sodium": -0.7, "spo2": -0.6}
-_WANDER_LOG_SD = {"creatinine": 0.12, "bun": 0.1, "lactate": 0.15, "wbc": 0.15, "platelets": 0.12}
+_WANDER_LOG_SD = {"creatinine": 0.12, "bun": 0.1, "lactate": 0.15, "wbc": 0.15, "platelets": 0.15}
 
 
 @dataclass(frozen=True)
