@@ -155,9 +155,11 @@ def write_site_config(path: str | Path, data_path: str | Path, state_dir: str | 
 
 
 def random_events(n_subjects: int, seed: int = 0, hours: int = 72, every_h: float = 1.0,
-                  first_id: int = 1) -> pd.DataFrame:
+                  first_id: int = 1, readmit: float = 0.0) -> pd.DataFrame:
     """A plausible dataset built with vectorized numpy: one ICU stay per subject (30-100 h), every
-    measurement concept about every ``every_h`` hours, some treatments, ~10 % deaths. Deterministic."""
+    measurement concept about every ``every_h`` hours, some treatments, ~10 % deaths at the end of the
+    stay. A ``readmit`` share of survivors gets a second, identical stay 5-100 h after the first ends
+    (so it can fall inside the first stay's 72 h window). Deterministic in its arguments."""
     rng = np.random.default_rng(seed)
     ids = np.arange(first_id, first_id + n_subjects, dtype=np.int64)
     start = (np.datetime64("2020-01-01T00:00", "us")
@@ -194,6 +196,13 @@ def random_events(n_subjects: int, seed: int = 0, hours: int = 72, every_h: floa
         + [meds.death_code] * int(dies.sum()),
         "numeric_value": np.nan})
     out = pd.concat([fixed, ev], ignore_index=True)
+    again = ids[~dies & (rng.random(n_subjects) < readmit)]
+    if len(again):
+        gap_h = stay_h + rng.uniform(5, 100, n_subjects)
+        copy = out[out["subject_id"].isin(again).to_numpy() & ~out["code"].isin([meds.birth_code]).to_numpy()]
+        shift = (gap_h[copy["subject_id"].to_numpy() - first_id] * 3.6e9).astype("timedelta64[us]")
+        copy = copy.assign(time=copy["time"].to_numpy() + shift)
+        out = pd.concat([out, copy], ignore_index=True)
     out["time"] = out["time"].astype("datetime64[us]")
     out["numeric_value"] = out["numeric_value"].astype("float32")
     return out.sort_values(["subject_id", "time"], kind="stable").reset_index(drop=True)

@@ -207,3 +207,47 @@ def test_infinite_batches_are_a_function_of_seed_and_step(handmade_site) -> None
     assert first[0]["bins"].shape == (3, 72, 16)
     other_seed = [next(infinite_batches(t, 3, 8, s))["time"] for s in range(6)]
     assert any(not torch.equal(x, y["time"]) for x, y in zip(other_seed, first, strict=True))
+
+
+def _reference_tensors(df: pd.DataFrame, disc: Discretization, hours: int):
+    """A slow, obvious re-implementation (pandas, loops over stays) to check the vectorized tokenizer."""
+    from fixtures import END, LOCAL, START, TREATMENTS
+    bins, treat, mask = [], [], []
+    hour_us = np.timedelta64(1, "h")
+    for _, g in df.sort_values(["subject_id", "time"], kind="stable").groupby("subject_id", sort=True):
+        starts = g.loc[g["code"] == START, "time"].to_numpy()
+        ends = g.loc[g["code"] == END, "time"].to_numpy()
+        for start, end in zip(starts, ends, strict=True):
+            if end - start < 24 * hour_us:
+                continue
+            b = np.zeros((hours, len(disc.concepts)), np.int16)
+            k = np.zeros((hours, len(disc.treatments)), np.float32)
+            inside = g[(g["time"] >= start) & (g["time"] < min(end, start + hours * hour_us))]
+            for row in inside.itertuples():
+                h = int((row.time - start) // hour_us)
+                if row.code in LOCAL:
+                    concept, _, factor = LOCAL[row.code]
+                    v = float(row.numeric_value)
+                    v = (v - 32) * 5 / 9 if factor is None else v / factor
+                    j = disc.concepts.index(concept)
+                    b[h, j] = 1 + np.searchsorted(disc.edges[concept], v, side="right")  # rows in time order
+                elif row.code in TREATMENTS:
+                    k[h, disc.treatments.index(TREATMENTS[row.code])] = 1.0
+            bins.append(b)
+            treat.append(k)
+            mask.append(np.arange(hours) * hour_us < end - start)
+    return np.stack(bins), np.stack(treat), np.stack(mask)
+
+
+def test_vectorized_tokens_equal_a_plain_reference_implementation(make_site) -> None:
+    df = random_events(20, seed=5, hours=80, every_h=0.6, readmit=0.5)
+    shuffled = df.sample(frac=1.0, random_state=0)  # the tokenizer must not rely on row order
+    cfg = make_site(shuffled, dict.fromkeys(df["subject_id"].unique().tolist(), "train"))
+    disc = quantile_edges(compute_site_statistics(cfg), n_bins=7)
+    got = tokenize_dataset(cfg, disc, load_tasks(), hours=72)
+    bins, treat, mask = _reference_tensors(df, disc, 72)
+    assert len(got) > 20  # readmissions present
+    np.testing.assert_array_equal(got.mask, mask)
+    np.testing.assert_array_equal(got.treat, treat)
+    np.testing.assert_array_equal(got.bins, bins)
+    assert (got.bins > 0).mean() > 0.5 and set(np.unique(got.bins)) == set(range(8))
