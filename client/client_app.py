@@ -81,9 +81,7 @@ def train(msg: Message, context: Context) -> Message:
 def _inject_fault(fed: FederationConfig, site: str, rnd: int, when: str,
                   reply: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
     """Test hook (run config ``inject-faults``): make this site misbehave in a round."""
-    kind, at = fed.faults().get(site, ("", -1))
-    if at not in (0, rnd):
-        return None
+    kind = fed.fault_for(site, rnd)
     if when == "before" and kind == "raise":
         raise RuntimeError(f"injected fault at site {site} in round {rnd}")
     if when == "before" and kind == "sleep":

@@ -84,8 +84,8 @@ class FederationConfig:
             raise ConfigError(f"run config dp-central: {self.dp_central!r} is not one of {list(DP_CENTRAL)}")
         self.faults()  # validates the spec
 
-    def faults(self) -> dict[str, tuple[str, int]]:
-        """Test hook ``inject-faults = "site:kind[@round],..."``: site -> (kind, round; 0 = every round)."""
+    def faults(self) -> dict[tuple[str, int], str]:
+        """Test hook ``inject-faults = "site:kind[@round],..."``: (site, round; 0 = every round) -> kind."""
         out = {}
         for item in filter(None, (x.strip() for x in self.inject_faults.split(","))):
             site, _, rest = item.partition(":")
@@ -93,8 +93,13 @@ class FederationConfig:
             if not site or kind not in FAULT_KINDS or not (rnd == "" or rnd.isdigit()):
                 raise ConfigError(f"run config inject-faults: {item!r} is not 'site:kind[@round]' with kind "
                                   f"one of {list(FAULT_KINDS)}")
-            out[site] = (kind, int(rnd or 0))
+            out[(site, int(rnd or 0))] = kind
         return out
+
+    def fault_for(self, site: str, rnd: int) -> str:
+        """The fault kind to inject at ``site`` in round ``rnd`` ("" for none)."""
+        faults = self.faults()
+        return faults.get((site, rnd), faults.get((site, 0), ""))
 
     @property
     def total_steps(self) -> int:

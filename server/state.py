@@ -20,6 +20,7 @@ import torch
 
 from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from clin_jepa.data.stats import Discretization
+from clin_jepa.data.tasks import load_tasks
 from clin_jepa.errors import CheckpointError, ConfigError
 from clin_jepa.federation import FederationConfig, RoundPlan, ema_update
 from clin_jepa.io import atomic_write_text
@@ -32,9 +33,10 @@ SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "preset", "seed", "n
 
 
 def model_config_for(cfg: FederationConfig, disc: Discretization) -> ModelConfig:
-    """The preset sized to the shared discretization (its data dimensions come from the vocabulary)."""
+    """The preset sized to the shared discretization (its data dimensions come from the vocabulary);
+    sized exactly as ``clin-jepa train`` sizes it, so equal seeds give equal initial weights."""
     return preset(cfg.preset, n_concepts=len(disc.concepts), n_treatments=len(disc.treatments),
-                  n_bins=disc.n_bins, max_hours=max(cfg.hours, 8))
+                  n_bins=disc.n_bins, max_hours=max(cfg.hours, 128))
 
 
 @dataclass
@@ -89,7 +91,8 @@ class ServerState:
         weights = {g: {k: torch.from_numpy(np.array(v)) for k, v in s.items()}
                    for g, s in self.groups.items()}
         return Checkpoint(self.model_cfg, weights, curriculum=self.cfg.curriculum.to_dict(),
-                          discretization=self.disc.to_dict(), step=step, round=self.round, phase=phase,
+                          discretization=self.disc.to_dict(), tasks=[t.name for t in load_tasks()],
+                          step=step, round=self.round, phase=phase,
                           metrics=metrics, extra={"federation": self.cfg.to_dict(), "run_id": self.run_id,
                                                   "sites": sites})
 

@@ -50,8 +50,9 @@ def test_run_config_overrides_and_errors():
         with pytest.raises(ConfigError, match=words):
             FederationConfig.from_run_config(bad)
     assert FederationConfig.from_dict(cfg.to_dict()) == cfg
-    faults = FederationConfig(inject_faults="site1:raise@2, site2:nan").faults()
-    assert faults == {"site1": ("raise", 2), "site2": ("nan", 0)}
+    faults = FederationConfig(inject_faults="site1:raise@2, site2:nan, site1:sleep@4")
+    assert [faults.fault_for("site1", r) for r in (1, 2, 4)] == ["", "raise", "sleep"]
+    assert faults.fault_for("site2", 7) == "nan" and faults.fault_for("site0", 2) == ""
 
 
 def test_plan_walks_the_five_phases_and_exchanges_only_what_trains():

@@ -1,0 +1,158 @@
+"""End-to-end: the real ServerApp and ClientApp under `flwr run` (Flower simulation, Ray backend).
+
+Each test starts a private SuperLink (tests/flwr_utils.py) and checks afterwards that no process it
+started survives. Sites are small MEDS datasets written by tests/fixtures.py; the model is `tiny`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures import random_events, write_meds, write_site_config
+from flwr_utils import REPO, FlowerSandbox
+
+from clin_jepa.checkpoint import load_checkpoint
+from clin_jepa.curriculum import PHASES
+
+pytestmark = pytest.mark.slow
+
+ROUNDS, STEPS = 5, 2
+
+
+def make_sites(root: Path, n: int, subjects: int = 40) -> list[Path]:
+    paths = []
+    for i in range(n):
+        events = random_events(subjects, seed=i, hours=48, first_id=1 + 1000 * i)
+        data = write_meds(root / f"site{i}" / "data", events)
+        paths.append(write_site_config(root / f"site{i}.yaml", data, root / f"site{i}" / "state", site=f"site{i}"))
+    return paths
+
+
+def run_config(sites: list[Path], out: Path, **extra: object) -> dict[str, object]:
+    return {"preset": "tiny", "hours": 48, "num-rounds": ROUNDS, "local-steps": STEPS, "batch-size": 8,
+            "phase-fractions": "0.2,0.2,0.2,0.2,0.2", "site-configs": ",".join(map(str, sites)),
+            "checkpoint-dir": str(out), "synth-if-missing": False, "round-timeout": 120.0, **extra}
+
+
+def read_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def weights(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    return {g: {k: v.numpy() for k, v in s.items()} for g, s in load_checkpoint(path).weights.items()}
+
+
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def flower(tmp_path):
+    with FlowerSandbox(tmp_path / "flower") as fl:
+        yield fl
+    assert fl.survivors() == [], "Flower/Ray processes survived the test"
+
+
+def check_run(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_three_sites_walk_the_curriculum(tmp_path, flower):
+    sites = make_sites(tmp_path / "sites", 3)
+    out = tmp_path / "ckpt"
+    check_run(flower.run(REPO, run_config(sites, out), num_supernodes=3))
+    lines = read_lines(out)
+    assert [ln["round"] for ln in lines] == list(range(ROUNDS + 1))
+    assert lines[0]["phase"] == "statistics" and set(lines[0]["sites"]) == {"site0", "site1", "site2"}
+    assert [ln["phase"] for ln in lines[1:]] == list(PHASES)
+    w = [weights(out / f"round_{r:04d}.pt") for r in range(ROUNDS + 1)]
+    for r, ln in enumerate(lines[1:], start=1):
+        trains_e = ln["phase"] in ("joint", "align", "sync")
+        assert ln["upload"] == (["encoder", "predictor"] if trains_e else ["predictor"])
+        assert ln["accepted"] == 3 and ln["updated"]
+        for site in ln["sites"].values():
+            assert site["status"] == "ok" and site["num-examples"] == STEPS * 8
+            assert site["bytes_down"] > site["bytes_up"] > 0
+        # what was exchanged: E changes exactly in the phases that train it, P always
+        assert same(w[r]["encoder"], w[r - 1]["encoder"]) == (not trains_e)
+        assert not same(w[r]["predictor"], w[r - 1]["predictor"])
+    # only P travels up in warmup/finalize, E and P in joint/align/sync
+    up = {ln["phase"]: ln["sites"]["site0"]["bytes_up"] for ln in lines[1:]}
+    assert up["warmup"] == up["finalize"] < up["joint"] == up["align"] == up["sync"]
+    # the target encoder: = E during warmup, an EMA that lags E in joint/align, = E from the sync on
+    gap = {ln["phase"]: ln["target_gap"] for ln in lines[1:]}
+    assert gap["warmup"] == 0 and gap["joint"] > 0 and gap["align"] > 0
+    assert gap["sync"] == 0 and gap["finalize"] == 0
+    assert same(w[4]["target_encoder"], w[4]["encoder"]) and same(w[5]["target_encoder"], w[4]["encoder"])
+    assert not same(w[2]["target_encoder"], w[1]["target_encoder"])  # the EMA moved Ē toward E
+    final = load_checkpoint(out / "ckpt.pt")
+    assert (final.round, final.phase, final.step) == (ROUNDS, "finalize", ROUNDS * STEPS)
+    assert final.extra["sites"] == ["site0", "site1", "site2"] and final.discretization is not None
+    assert lines[-1]["aggregate"]["loss"] < lines[1]["aggregate"]["loss"]
+
+
+def test_failing_slow_and_poisoned_sites_are_left_out(tmp_path, flower):
+    sites = make_sites(tmp_path / "sites", 3)
+    out = tmp_path / "ckpt"
+    faults = "site1:raise@2,site2:nan@3,site0:scale@4,site1:sleep@5"
+    check_run(flower.run(REPO, run_config(sites, out, **{"inject-faults": faults, "round-timeout": 25.0}),
+                         num_supernodes=3))
+    lines = {ln["round"]: ln for ln in read_lines(out)}
+    expected = {2: ("site1", "error", "injected fault"), 3: ("site2", "rejected", "NaN"),
+                4: ("site0", "rejected", "median"), 5: ("site1", "timeout", "round-timeout")}
+    for rnd, (bad, status, words) in expected.items():
+        ln = lines[rnd]
+        assert ln["sites"][bad]["status"] == status and words in ln["sites"][bad]["reason"], ln["sites"][bad]
+        assert ln["accepted"] == 2 and ln["updated"], ln
+        assert all(s["status"] == "ok" for name, s in ln["sites"].items() if name != bad)
+    assert lines[1]["accepted"] == 3
+    final = weights(out / "ckpt.pt")
+    assert all(np.isfinite(v).all() for g in final.values() for v in g.values())
+    # the rejected ×1e4 update did not reach the model: no weight blew up
+    assert max(np.abs(v).max() for v in final["encoder"].values()) < 100
+
+
+def test_resume_after_stop_matches_uninterrupted_run(tmp_path, flower):
+    sites = make_sites(tmp_path / "sites", 2)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    check_run(flower.run(REPO, run_config(sites, straight), num_supernodes=2))
+    check_run(flower.run(REPO, run_config(sites, stopped, **{"stop-after": 2}), num_supernodes=2))
+    assert load_checkpoint(stopped / "ckpt.pt").round == 2
+    check_run(flower.run(REPO, run_config(sites, stopped, **{"resume-from": str(stopped)}), num_supernodes=2))
+    assert [ln["round"] for ln in read_lines(stopped)] == list(range(ROUNDS + 1))
+    a, b = weights(straight / "ckpt.pt"), weights(stopped / "ckpt.pt")
+    for g in a:
+        for k in a[g]:
+            np.testing.assert_allclose(b[g][k], a[g][k], rtol=1e-4, atol=1e-5, err_msg=f"{g}.{k}")
+    la, lb = read_lines(straight), read_lines(stopped)
+    for x, y in zip(la[1:], lb[1:], strict=True):
+        assert y["aggregate"]["loss"] == pytest.approx(x["aggregate"]["loss"], rel=1e-4)
+    # a resume that changes the schedule is refused with a clear message
+    bad = flower.run(REPO, run_config(sites, tmp_path / "other", **{"resume-from": str(stopped),
+                                                                   "local-steps": 3}), num_supernodes=2)
+    assert "local-steps" in bad.stdout and "schedule" in bad.stdout
+    assert not (tmp_path / "other" / "ckpt.pt").exists()
+
+
+def test_one_site_federated_loss_matches_centralized(tmp_path, flower):
+    from clin_jepa.cli import main as cli
+
+    sites = make_sites(tmp_path / "sites", 1, subjects=60)
+    rounds, steps = 20, 2  # default phase fractions fall on round boundaries at 20 rounds
+    out = tmp_path / "fl"
+    cfg = run_config(sites, out, **{"num-rounds": rounds, "local-steps": steps, "min-sites": 1,
+                                    "phase-fractions": "0.1,0.45,0.2,0.05,0.2"})
+    check_run(flower.run(REPO, cfg, num_supernodes=1))
+    central = tmp_path / "central"
+    assert cli(["train", "--sites", str(sites[0]), "--out", str(central), "--preset", "tiny",
+                "--steps", str(rounds * steps), "--log-every", str(steps), "--batch-size", "8", "--hours", "48",
+                "--no-progress"]) == 0
+    fl = [ln["sites"]["site0"]["loss"] for ln in read_lines(out)[1:]]
+    ce = [json.loads(x)["loss"] for x in (central / "metrics.jsonl").read_text().splitlines()]
+    assert len(fl) == len(ce) == rounds
+    # identical init, batches, lr and optimizer state; only the EMA cadence differs (per round vs per step)
+    np.testing.assert_allclose(fl[:2], ce[:2], rtol=1e-5)  # warmup: Ē = E on both sides, exact
+    np.testing.assert_allclose(fl, ce, rtol=0.02)
