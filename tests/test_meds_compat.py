@@ -73,7 +73,7 @@ def test_meds_testing_helpers_sample_validates_and_harmonizes(tmp_path: Path, ca
     assert summary.n_subjects == 6 and summary.n_files == 4
     assert summary.split_subjects == {"train": 4, "tuning": 1, "held_out": 1}
     assert summary.n_stays == 6 and summary.n_eligible == 0  # every sample stay is shorter than 24 h
-    assert summary.unmapped_share == 0.0 and summary.code_concept["TEMP"] == "temperature"
+    assert summary.unmapped_share == 0.0 and summary.code_concept["TEMP"] == "temperature [°F -> degC]"
     temp = load_concepts().index("temperature")
     for shard in iter_shards(cfg.data_path):
         h = harmonize(shard, CodeMapper(cfg))

@@ -136,6 +136,8 @@ CASES: list[tuple[str, Callable[[Path, dict], None], list[str]]] = [
      ["the data shards hold no events"]),
     ("corrupt_parquet", lambda r, c: (r / SHARD).write_bytes(b"PAR1 this is not parquet"),
      [SHARD, "not a readable parquet file"]),
+    ("truncated_parquet", lambda r, c: (r / SHARD).write_bytes((r / SHARD).read_bytes()[:300]),
+     [SHARD, "not a readable parquet file"]),
     ("corrupt_codes_metadata", lambda r, c: (r / "metadata/codes.parquet").write_bytes(b"\x00" * 64),
      ["metadata/codes.parquet: not a readable parquet file"]),
     ("unmapped_codes", lambda r, c: c["code_map"].pop(0),  # VITAL//HR no longer mapped

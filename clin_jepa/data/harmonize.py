@@ -110,6 +110,12 @@ class CodeMapper:
             return IGNORED, -1, 1.0, 0.0, False, False
         return UNMAPPED, -1, 1.0, 0.0, False, False
 
+    def rule_of(self, code: str) -> CodeRule | None:
+        """The first usable code_map rule matching ``code`` (None for stay, special, ignored, unmapped)."""
+        if self.decide(code)[0] != MAPPED:
+            return None
+        return next(rule for rule, usable in self._rules if usable is not None and rule.matches(code))
+
     def code_info(self, codes: list[str]) -> CodeInfo:
         rows = [self.decide(c) for c in codes]
         cols = list(zip(*rows, strict=True)) if rows else [()] * 6

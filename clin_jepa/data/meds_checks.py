@@ -79,16 +79,20 @@ def _misspelled(extra: str, wanted: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def check_data_schema(table: pa.Table, name: str, p: Problems) -> bool:
-    """Columns, types and nulls of one data shard; True if it is usable for the deeper checks."""
+def check_data_schema(table: pa.Table, name: str, p: Problems, all_names: list[str] | None = None) -> bool:
+    """Columns, types and nulls of one data shard; True if it is usable for the deeper checks.
+
+    ``table`` may hold only the MEDS columns; ``all_names`` lists every column of the file.
+    """
     cols = table.column_names
+    all_names = cols if all_names is None else all_names
     usable = True
     for col in (SUBJECT, TIME, CODE):
         if col not in cols:
             p.add(f"{name}: column '{col}': missing (MEDS requires subject_id int64, time timestamp[us], "
-                  f"code string; found {cols})")
+                  f"code string; found {all_names})")
             usable = False
-    for extra in sorted(set(cols) - set(EXPECTED) - {meds.DataSchema.text_value_name}):
+    for extra in sorted(set(all_names) - set(EXPECTED) - {meds.DataSchema.text_value_name}):
         guess = _misspelled(extra, [c for c in EXPECTED if c not in cols])
         if guess:
             p.add(f"{name}: column '{extra}': unexpected extra column; did you mean '{guess}'?")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clin_jepa.config import SiteConfig
@@ -31,6 +32,7 @@ from clin_jepa.data.harmonize import (
 )
 from clin_jepa.data.meds import NAT, SPLITS, Shard, codes_path, shard_paths, table_to_shard
 from clin_jepa.data.meds_checks import (
+    EXPECTED,
     Problems,
     check_codes_file,
     check_data_schema,
@@ -162,8 +164,8 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
     horizon = int(max([72, *(t.horizon_hours for t in tasks)]))
     for path in paths:
         name = str(path.relative_to(root))
-        table = _read(path, name, p)
-        if table is None or not check_data_schema(table, name, p):
+        table, names = _read(path, name, p)
+        if table is None or not check_data_schema(table, name, p, names):
             continue
         s = table_to_shard(path, table)
         usable += 1
@@ -188,7 +190,11 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
             summary.code_counts[code] += int(n)
             summary.code_category[code] = int(cat)
             if concept >= 0:
-                summary.code_concept[code] = load_concepts().names[concept]
+                target = load_concepts().get(load_concepts().names[concept])
+                rule = mapper.rule_of(code)
+                unit = "" if rule is None or not rule.unit else (
+                    f" [{rule.unit}]" if rule.unit == target.unit else f" [{rule.unit} -> {target.unit}]")
+                summary.code_concept[code] = f"{target.name}{unit}"
         summary.n_events += len(s)
         all_stays, stays, ev = eligible_stay_events(h, horizon)
         summary.n_stays += len(all_stays)
@@ -206,12 +212,14 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
     return summary
 
 
-def _read(path: Path, name: str, p: Problems) -> object | None:
+def _read(path: Path, name: str, p: Problems) -> tuple[pa.Table | None, list[str]]:
+    """The MEDS columns of one shard (other columns, e.g. free text, are never loaded) and all names."""
     try:
-        return pq.read_table(path)
+        names = pq.read_schema(path).names
+        return pq.read_table(path, columns=[c for c in names if c in EXPECTED]), names
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is corrupt or not parquet
         p.add(f"{name}: not a readable parquet file ({type(exc).__name__}: {str(exc)[:200]})")
-        return None
+        return None, []
 
 
 def _dataset_checks(p: Problems, cfg: SiteConfig, summary: ValidationSummary,
