@@ -216,3 +216,36 @@ def test_cli_reports_config_errors_with_key_path(tmp_path: Path, capsys) -> None
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "training.device: 'tpu' is not one of ['cpu', 'cuda', 'auto']" in err and "Traceback" not in err
+
+
+ODD_TYPES = {
+    "subject_id": [pa.int8(), pa.uint64(), pa.float64(), pa.string(), pa.null()],
+    "time": [pa.timestamp("s"), pa.timestamp("ns"), pa.date32(), pa.int64(), pa.large_string(), pa.null()],
+    "code": [pa.large_string(), pa.dictionary(pa.int32(), pa.string()), pa.binary(), pa.null()],
+    "numeric_value": [pa.float64(), pa.int32(), pa.float16(), pa.bool_(), pa.null()],
+}
+
+
+@pytest.mark.parametrize(("column", "typ"), [(c, t) for c, ts in ODD_TYPES.items() for t in ts],
+                         ids=[f"{c}-{t}" for c, ts in ODD_TYPES.items() for t in ts])
+def test_odd_column_types_are_accepted_or_reported_never_crash(tmp_path: Path, column: str, typ) -> None:
+    def cast(t: pa.Table) -> pa.Table:
+        col = t.column(column)
+        if pa.types.is_null(typ):
+            new = pa.nulls(len(t))
+        elif pa.types.is_date(typ) or pa.types.is_integer(typ) and column == "time":
+            new = pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()) if pa.types.is_integer(typ) \
+                else pc.cast(col, pa.date32())
+        elif pa.types.is_boolean(typ):
+            new = pc.is_valid(col)
+        else:
+            new = pc.cast(col, typ, safe=False)
+        return _set_column(column, new)(t)
+
+    cfg = load_site_config(_write_case(tmp_path, lambda r, c: _edit(r, cast)))
+    try:
+        summary = validate_site(cfg)
+    except DataValidationError as exc:
+        assert all(p for p in exc.problems) and column in str(exc) or "matches no code" in str(exc)
+    else:
+        assert summary.n_events > 0

@@ -131,6 +131,11 @@ def _check_time_type(table: pa.Table, name: str, p: Problems) -> bool:
             p.add(f"{name}: column '{TIME}': type {t} has a time zone; MEDS expects timestamp[us] "
                   "without one")
             return False
+        try:
+            pc.cast(table.column(TIME), pa.timestamp("us"))
+        except (pa.ArrowInvalid, OverflowError) as exc:
+            p.add(f"{name}: column '{TIME}': type {t} holds times that do not fit timestamp[us] ({exc})")
+            return False
         return True
     msg = f"{name}: column '{TIME}': type {t}, expected timestamp[us]"
     if _is_string(t):
