@@ -1,0 +1,158 @@
+"""`clin-jepa evaluate` end to end on small synthetic hospitals: report files, and refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clin_jepa.checkpoint import Checkpoint, save_checkpoint
+from clin_jepa.cli import main
+from clin_jepa.config import load_site_config
+from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
+from clin_jepa.data.synth import synthesize
+from clin_jepa.data.tasks import load_tasks
+from clin_jepa.models import ClinJEPA
+from clin_jepa.models.config import preset
+
+PLOTS = ("drift_curves.png", "probe_auroc.png", "geometry_projection.png")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: more threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two synthetic hospitals and their pooled discretization (built once for the module)."""
+    root = tmp_path_factory.mktemp("eval")
+    outputs = synthesize(root / "syn", n_sites=2, n_patients=60, seed=11)
+    sites = [str(o.config) for o in outputs]
+    disc = quantile_edges(merge_statistics([compute_site_statistics(load_site_config(s)) for s in sites]))
+    return root, sites, disc
+
+
+def make_ckpt(path: Path, disc, seed: int = 0, tasks=None, **dims) -> Path:
+    torch.manual_seed(seed)
+    cfg = preset("tiny", n_concepts=len(disc.concepts), n_treatments=len(disc.treatments), n_bins=disc.n_bins)
+    model = ClinJEPA(dataclasses.replace(cfg, **dims))
+    names = [t.name for t in load_tasks()] if tasks is None else tasks
+    save_checkpoint(path, Checkpoint.from_model(model, discretization=disc.to_dict(), tasks=names,
+                                                curriculum={"mode": "naive"}, step=3, phase="joint"))
+    return path
+
+
+def evaluate(args, capsys):
+    rc = main(["evaluate", *map(str, args)])
+    return rc, capsys.readouterr()
+
+
+def test_evaluate_two_checkpoints_writes_the_report(world, tmp_path, capsys):
+    root, sites, disc = world
+    a = make_ckpt(tmp_path / "a" / "ckpt.pt", disc, seed=0)
+    b = make_ckpt(tmp_path / "b.pt", disc, seed=1)
+    out = tmp_path / "report"
+    rc, cap = evaluate([a, b, "--sites", *sites, "--out", out, "--labels", f"first={a}",
+                        "--bootstrap", "20", "--gru-epochs", "2"], capsys)
+    assert rc == 0, cap.err
+    assert "evaluate" in cap.err and "100%" in cap.err  # the tqdm bar ran to the end
+    for name in ("metrics.json", "report.md", *PLOTS):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["first", "b"]
+    assert set(metrics["baselines"]) == {"last_value_lr", "gru"}
+    tasks = [t.name for t in load_tasks()]
+    assert metrics["data"]["tasks"] == tasks and metrics["data"]["discretization"] == disc.fingerprint()
+    n_held = metrics["data"]["n_stays"]["held_out"]
+    for m in metrics["models"].values():
+        assert len(m["drift"]["curve"]) == 48 and m["drift"]["counts"][0] == n_held
+        assert m["drift"]["counts"][-1] <= m["drift"]["counts"][0]  # stays end: fewer at hour 48
+        assert m["mode"] == "naive" and m["step"] == 3
+        assert set(m["probes"]["tasks"]) == set(tasks)
+        scored = [t for t in m["probes"]["tasks"].values() if not t["skipped"]]
+        assert scored, "no task could be scored on this data"
+        for t in scored:
+            assert 0.0 <= t["auroc"] <= 1.0
+            assert t["auroc_ci"][0] <= t["auroc"] <= t["auroc_ci"][1]
+    # different weights, same data: the two models' drift curves differ
+    assert metrics["models"]["first"]["drift"]["curve"] != metrics["models"]["b"]["drift"]["curve"]
+    md = (out / "report.md").read_text()
+    for label in ("first", "b", "last_value_lr", "gru"):
+        assert f"| {label} |" in md
+
+
+def _refused(args, capsys, out: Path, needle: str):
+    rc, cap = evaluate([*args, "--out", out, "--no-baselines", "--bootstrap", "0"], capsys)
+    assert rc == 2
+    assert "error:" in cap.err and needle in cap.err, cap.err
+    assert "Traceback" not in cap.err
+    assert not out.exists(), "a refused evaluation must not write anything"
+
+
+def test_refuses_model_whose_bins_do_not_match_its_discretization(world, tmp_path, capsys):
+    _, sites, disc = world
+    bad = make_ckpt(tmp_path / "bad.pt", disc, n_bins=disc.n_bins + 2)
+    _refused([bad, "--sites", *sites], capsys, tmp_path / "out", "n_bins")
+
+
+def test_refuses_checkpoints_with_different_discretizations(world, tmp_path, capsys):
+    _, sites, disc = world
+    stats = merge_statistics([compute_site_statistics(load_site_config(s)) for s in sites])
+    other = quantile_edges(stats, n_bins=5)
+    a = make_ckpt(tmp_path / "a.pt", disc)
+    b = make_ckpt(tmp_path / "b.pt", other)
+    _refused([a, b, "--sites", *sites], capsys, tmp_path / "out", "different discretizations")
+
+
+def test_refuses_checkpoint_made_for_other_tasks(world, tmp_path, capsys):
+    _, sites, disc = world
+    bad = make_ckpt(tmp_path / "t.pt", disc, tasks=["in_icu_mortality"])
+    _refused([bad, "--sites", *sites], capsys, tmp_path / "out", "tasks")
+
+
+def test_refuses_model_with_other_time_features(world, tmp_path, capsys):
+    _, sites, disc = world
+    bad = make_ckpt(tmp_path / "time.pt", disc, n_time=3)
+    _refused([bad, "--sites", *sites], capsys, tmp_path / "out", "n_time")
+
+
+def test_refuses_corrupt_checkpoint_and_unknown_label(world, tmp_path, capsys):
+    _, sites, disc = world
+    good = make_ckpt(tmp_path / "good.pt", disc)
+    corrupt = tmp_path / "corrupt.pt"
+    raw = bytearray(good.read_bytes())
+    raw[-10] ^= 0xFF
+    corrupt.write_bytes(bytes(raw))
+    _refused([corrupt, "--sites", *sites], capsys, tmp_path / "out", "hash mismatch")
+    _refused([good, "--sites", *sites, "--labels", f"x={tmp_path / 'nope.pt'}"], capsys, tmp_path / "out2",
+             "--labels")
+
+
+@pytest.mark.slow
+def test_evaluate_a_checkpoint_trained_by_the_cli(world, tmp_path):
+    """The real path: `clin-jepa train` (tiny, a few steps) then `clin-jepa evaluate` in subprocesses."""
+    _, sites, _ = world
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "clin_jepa.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*cmd, "train", "--sites", *sites, "--out", str(run), "--preset", "tiny", "--steps", "6",
+                    "--batch-size", "16", "--no-progress"], check=True, capture_output=True, env=env)
+    out = tmp_path / "report"
+    res = subprocess.run([*cmd, "evaluate", str(run / "ckpt.pt"), "--sites", *sites, "--out", str(out),
+                          "--bootstrap", "10", "--gru-epochs", "1", "--quiet"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["models"]["run"]["mode"] == "curriculum" and metrics["models"]["run"]["step"] == 6
+    assert all((out / p).stat().st_size > 0 for p in PLOTS)
