@@ -43,6 +43,9 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LossConfig:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"loss config: unknown key(s) {sorted(unknown)}")
         return cls(**d)
 
 

@@ -62,6 +62,9 @@ class TrainerConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainerConfig:
         d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"trainer config: unknown key(s) {sorted(unknown)}")
         d["loss"] = LossConfig.from_dict(d.get("loss", {}))
         return cls(**d)
 
