@@ -161,7 +161,7 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
     split_ids = np.fromiter(splits or {}, np.int64)
     usable = 0
     seen_subjects: list[tuple[str, np.ndarray]] = []
-    horizon = int(max([72, *(t.horizon_hours for t in tasks)]))
+    horizon = int(np.ceil(max([1, *(t.horizon_hours for t in tasks)])))
     for path in paths:
         name = str(path.relative_to(root))
         table, names = _read(path, name, p)
@@ -183,33 +183,39 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
             if len(missing):
                 p.add(f"{name}: column 'subject_id': {len(missing)} subject(s) missing from "
                       f"metadata/subject_splits.parquet, e.g. {missing[:5].tolist()}")
-        counts = h.code_counts()
-        for code, n, cat, concept in zip(s.codes, counts, h.info.category, h.info.concept, strict=True):
-            if n == 0:
-                continue
-            summary.code_counts[code] += int(n)
-            summary.code_category[code] = int(cat)
-            if concept >= 0:
-                target = load_concepts().get(load_concepts().names[concept])
-                rule = mapper.rule_of(code)
-                unit = "" if rule is None or not rule.unit else (
-                    f" [{rule.unit}]" if rule.unit == target.unit else f" [{rule.unit} -> {target.unit}]")
-                summary.code_concept[code] = f"{target.name}{unit}"
-        summary.n_events += len(s)
-        all_stays, stays, ev = eligible_stay_events(h, horizon)
-        summary.n_stays += len(all_stays)
-        summary.n_eligible += len(stays)
-        summary.icu_hours += float((stays.end - stays.start).sum() / HOUR_US)
-        labels = compute_labels(tasks, stays, ev)
-        for j, t in enumerate(tasks):
-            summary.task_defined[t.name] += int((~np.isnan(labels[:, j])).sum())
-            summary.task_positive[t.name] += int(np.nansum(labels[:, j]))
+        _count_shard(summary, h, mapper, tasks, horizon)
     if usable == len(paths) and paths and summary.n_events == 0:
         p.add(f"{root}/data: the data shards hold no events")
     _dataset_checks(p, cfg, summary, seen_subjects, splits)
     if p.items:
         raise DataValidationError(f"site {cfg.site} ({root})", p.items)
     return summary
+
+
+def _count_shard(summary: ValidationSummary, h: Harmonized, mapper: CodeMapper,
+                 tasks: tuple[TaskSpec, ...], horizon: int) -> None:
+    """Add one shard's events, codes, stays and labels to ``summary``."""
+    table = load_concepts()
+    for code, n, cat, concept in zip(h.shard.codes, h.code_counts(), h.info.category, h.info.concept,
+                                     strict=True):
+        if n == 0:
+            continue
+        summary.code_counts[code] += int(n)
+        summary.code_category[code] = int(cat)
+        if concept >= 0:
+            target, rule = table.get(table.names[concept]), mapper.rule_of(code)
+            unit = "" if rule is None or not rule.unit else (
+                f" [{rule.unit}]" if rule.unit == target.unit else f" [{rule.unit} -> {target.unit}]")
+            summary.code_concept[code] = f"{target.name}{unit}"
+    summary.n_events += len(h.shard)
+    all_stays, stays, ev = eligible_stay_events(h, horizon)
+    summary.n_stays += len(all_stays)
+    summary.n_eligible += len(stays)
+    summary.icu_hours += float((stays.end - stays.start).sum() / HOUR_US)
+    labels = compute_labels(tasks, stays, ev)
+    for j, t in enumerate(tasks):
+        summary.task_defined[t.name] += int((~np.isnan(labels[:, j])).sum())
+        summary.task_positive[t.name] += int(np.nansum(labels[:, j]))
 
 
 def _read(path: Path, name: str, p: Problems) -> tuple[pa.Table | None, list[str]]:
