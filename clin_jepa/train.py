@@ -110,7 +110,7 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
                 else contextlib.nullcontext())
     sums: dict[str, torch.Tensor] = {}
-    n_examples = 0
+    n_examples = n_scored = 0
     plan = None
     for step in range(step0, step0 + n_steps):
         plan = schedule.at(step)
@@ -121,7 +121,8 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
         if privacy is not None:
             privacy.before_step(step)
         batch = _to_device(next(batches), device)
-        n_examples += int(batch["mask"].shape[0])
+        batch_size = int(batch["mask"].shape[0])
+        n_examples += batch_size
 
         with autocast:
             # 1. target forward: Ē under no_grad, layer-normed
@@ -143,14 +144,16 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
         # 3. EMA update of the target encoder
         ema_update(model.target_encoder, model.encoder, plan.momentum)
 
-        for k, v in parts.items():
-            sums[k] = sums[k] + v if k in sums else v
+        if batch_size:  # an empty Poisson batch (DP-SGD) still steps, but has no loss to average
+            n_scored += 1
+            for k, v in parts.items():
+                sums[k] = sums[k] + v if k in sums else v
         last = step == step0 + n_steps - 1
         if on_log is not None and log_every > 0 and ((step + 1) % log_every == 0 or last):
             on_log(step, {**{k: float(v) for k, v in parts.items()}, **_plan_metrics(plan),
                           **embedding_monitors(z.detach(), batch["mask"]),
                           "drift": parameter_drift(model.encoder, model.target_encoder)})
-    metrics = {k: float(v) / max(1, n_steps) for k, v in sums.items()}
+    metrics = {k: float(v) / max(1, n_scored) for k, v in sums.items()}
     if plan is not None:
         metrics.update(_plan_metrics(plan))
     metrics["num_examples"] = float(n_examples)
