@@ -1,0 +1,101 @@
+"""Which sample-level DP a site trains under, and how much noise its whole run needs.
+
+A site's own ``privacy:`` block (site config) and the coordinator's run config both may switch DP on. The
+hospital's block is a floor the coordinator cannot lower: where both are on, the smaller ε and the smaller
+δ win. The noise multiplier is planned once per run for the site's *planned total* number of DP steps
+(every round × local steps), so spending the whole plan lands at (or just under) the target ε:
+``opacus.accountants.utils.get_noise_multiplier`` on that step count, never on one round's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opacus.accountants.utils import get_noise_multiplier
+
+from clin_jepa.config import PrivacyConfig
+from clin_jepa.errors import ConfigError, PrivacyBudgetExceeded
+from clin_jepa.privacy.engine import GRAD_SAMPLE_MODES
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """Sample-level DP of one site. ``noise_multiplier`` None = plan it from the budget."""
+
+    target_epsilon: float
+    delta: float
+    max_grad_norm: float
+    noise_multiplier: float | None = None
+    mode: str = "hooks"
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if not self.target_epsilon > 0:
+            raise ConfigError(f"DP target epsilon must be > 0, got {self.target_epsilon}")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"DP delta must be in (0, 1), got {self.delta}")
+        if not self.max_grad_norm > 0:
+            raise ConfigError(f"DP max grad norm must be > 0, got {self.max_grad_norm}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(f"DP noise multiplier must be > 0 or unset, got {self.noise_multiplier}")
+        if self.mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(f"DP grad-sample mode {self.mode!r} is not one of {list(GRAD_SAMPLE_MODES)}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"DP accountant {self.accountant!r} is not one of {list(ACCOUNTANTS)}")
+
+
+@dataclass(frozen=True)
+class RunDPOverrides:
+    """The coordinator's sample-level DP settings (run config). Zero means "not set"."""
+
+    epsilon: float = 0.0
+    delta: float = 0.0
+    max_grad_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    mode: str = "hooks"
+    accountant: str = "rdp"
+
+
+def resolve_dp_settings(site: PrivacyConfig, run: RunDPOverrides) -> DPSettings | None:
+    """The DP a site trains under, or None when neither its config nor the run config asks for DP."""
+    sources = []
+    if site.enabled:
+        sources.append((site.target_epsilon, site.delta))
+    if run.epsilon > 0:
+        sources.append((run.epsilon, run.delta if run.delta > 0 else site.delta))
+    if not sources:
+        return None
+    noise = run.noise_multiplier if run.noise_multiplier > 0 else site.noise_multiplier
+    return DPSettings(
+        target_epsilon=min(e for e, _ in sources), delta=min(d for _, d in sources),
+        max_grad_norm=run.max_grad_norm if run.max_grad_norm > 0 else site.max_grad_norm,
+        noise_multiplier=noise, mode=run.mode, accountant=run.accountant)
+
+
+def sample_rate(batch_size: int, n_train: int) -> float:
+    """Poisson sampling rate ``batch_size / N`` (capped at 1)."""
+    if n_train < 1:
+        raise ConfigError("DP-SGD needs at least one training row at the site")
+    return min(1.0, batch_size / n_train)
+
+
+def plan_noise_multiplier(settings: DPSettings, rate: float, planned_steps: int) -> float:
+    """The noise multiplier that spends ``settings.target_epsilon`` over ``planned_steps`` DP steps.
+
+    A configured ``noise_multiplier`` is used as is (the ledger still stops the site at its budget).
+    """
+    if settings.noise_multiplier is not None:
+        return float(settings.noise_multiplier)
+    if planned_steps < 1:
+        raise ConfigError(f"DP plan needs >= 1 planned step, got {planned_steps}")
+    try:
+        return float(get_noise_multiplier(target_epsilon=settings.target_epsilon, target_delta=settings.delta,
+                                          sample_rate=rate, steps=planned_steps,
+                                          accountant=settings.accountant))
+    except ValueError as exc:
+        raise PrivacyBudgetExceeded(
+            f"no noise multiplier reaches ε={settings.target_epsilon} at δ={settings.delta} over "
+            f"{planned_steps} steps at sampling rate {rate:.4g} ({exc}); raise the budget or train fewer "
+            f"steps") from None
