@@ -239,15 +239,16 @@ def _reference_tensors(df: pd.DataFrame, disc: Discretization, hours: int):
     return np.stack(bins), np.stack(treat), np.stack(mask)
 
 
-def test_vectorized_tokens_equal_a_plain_reference_implementation(make_site) -> None:
+@pytest.mark.parametrize("n_bins", [7, 24])  # both binning code paths (few / many edges)
+def test_vectorized_tokens_equal_a_plain_reference_implementation(make_site, n_bins: int) -> None:
     df = random_events(20, seed=5, hours=80, every_h=0.6, readmit=0.5)
     shuffled = df.sample(frac=1.0, random_state=0)  # the tokenizer must not rely on row order
     cfg = make_site(shuffled, dict.fromkeys(df["subject_id"].unique().tolist(), "train"))
-    disc = quantile_edges(compute_site_statistics(cfg), n_bins=7)
+    disc = quantile_edges(compute_site_statistics(cfg), n_bins=n_bins)
     got = tokenize_dataset(cfg, disc, load_tasks(), hours=72)
     bins, treat, mask = _reference_tensors(df, disc, 72)
     assert len(got) > 20  # readmissions present
     np.testing.assert_array_equal(got.mask, mask)
     np.testing.assert_array_equal(got.treat, treat)
     np.testing.assert_array_equal(got.bins, bins)
-    assert (got.bins > 0).mean() > 0.5 and set(np.unique(got.bins)) == set(range(8))
+    assert (got.bins > 0).mean() > 0.5 and set(np.unique(got.bins)) == set(range(n_bins + 1))

@@ -256,13 +256,16 @@ def attribute_events(h: Harmonized, stays: Stays, horizon_hours: int,
     pos = np.clip(np.searchsorted(uniq, subj), 0, len(uniq) - 1)
     member = np.flatnonzero(uniq[pos] == subj)
     rows, t, pos = rows[member], t[member], pos[member]
-    lo = first[pos]
-    cand = lo + count[pos] - 1
-    while True:  # steps back over a subject's later stays; runs at most max(stays per subject) times
-        back = np.flatnonzero((stays.start[cand] > t) & (cand > lo))
-        if len(back) == 0:
-            break
-        cand[back] -= 1
+    cand = first[pos] + count[pos] - 1
+    multi = np.flatnonzero(count[pos] > 1)  # only subjects with several stays need a search
+    if len(multi):
+        m_cand, m_lo, m_t = cand[multi], first[pos[multi]], t[multi]
+        while True:  # steps back over a subject's later stays; at most max(stays per subject) times
+            back = np.flatnonzero((stays.start[m_cand] > m_t) & (m_cand > m_lo))
+            if len(back) == 0:
+                break
+            m_cand[back] -= 1
+        cand[multi] = m_cand
     offset = t - stays.start[cand]
     ok = (offset >= 0) & (offset < horizon_hours * HOUR_US)
     if keep is not None:

@@ -108,13 +108,14 @@ def compute_labels(specs: tuple[TaskSpec, ...], stays: Stays, events: StayEvents
     out = np.full((n, len(specs)), np.nan, dtype=np.float32)
     index = {name: i for i, name in enumerate(load_concepts().names)}
     thresholds = [s for s in specs if s.kind == "threshold"]
-    if thresholds:  # one pass narrows the events to the union of the windows
+    if thresholds:  # narrow to the union of the windows, then group by concept (one stable radix sort)
         lo_all = min(s.window[0] for s in thresholds) * HOUR_US
         hi_all = max(s.window[1] for s in thresholds) * HOUR_US  # type: ignore[type-var]
         near = np.flatnonzero((events.offset > lo_all) & (events.offset <= hi_all)
                               & np.isfinite(events.value))
-        stay, offset = events.stay[near], events.offset[near]
-        concept, value = events.concept[near], events.value[near]
+        near = near[np.argsort(events.concept[near], kind="stable")]
+        concept = events.concept[near]
+        bounds = np.searchsorted(concept, np.arange(len(index) + 1))
     for j, spec in enumerate(specs):
         lo = spec.window[0] * HOUR_US
         if spec.kind == "death":
@@ -124,8 +125,10 @@ def compute_labels(specs: tuple[TaskSpec, ...], stays: Stays, events: StayEvents
             died = (stays.death != NAT) & (since > lo) & (since <= hi)
             out[:, j] = died.astype(np.float32)
             continue
-        hi = spec.window[1] * HOUR_US
-        inside = (concept == index[spec.concept]) & (offset > lo) & (offset <= hi)
+        c = index[spec.concept]
+        rows = near[bounds[c]:bounds[c + 1]]
+        offset, value, stay = events.offset[rows], events.value[rows], events.stay[rows]
+        inside = (offset > lo) & (offset <= spec.window[1] * HOUR_US)
         crosses = value < spec.value if spec.op == "<" else value > spec.value
         measured = np.bincount(stay[inside], minlength=n) > 0
         crossed = np.bincount(stay[inside & crosses], minlength=n) > 0

@@ -167,7 +167,14 @@ class _Tokenizer:
         b_sorted = np.empty(len(v), np.int16)
         for j, name in enumerate(self.disc.concepts):
             lo, hi = bounds[j], bounds[j + 1]
-            b_sorted[lo:hi] = 1 + np.searchsorted(self.disc.edges[name], v[lo:hi], side="right")
+            edges, part = self.disc.edges[name], v[lo:hi]
+            if len(edges) <= 16:  # counting edges <= v is searchsorted(side="right") without branches
+                out = b_sorted[lo:hi]
+                out[:] = 1
+                for e in edges:
+                    out += part >= e
+            else:
+                b_sorted[lo:hi] = 1 + np.searchsorted(edges, part, side="right")
         b = np.empty_like(b_sorted)
         b[order] = b_sorted
         # the latest event per cell wins; cheaper than sorting by (cell, time)
