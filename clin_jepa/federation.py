@@ -61,6 +61,7 @@ class FederationConfig:
     dp_clipping_norm: float = 1.0
     stop_after: int = 0
     inject_faults: str = ""
+    signing_key: str = ""  # coordinator/signing.key: sign checkpoints, verify resume-from; "" = unsigned
 
     def __post_init__(self) -> None:
         for name in ("num_rounds", "local_steps", "min_sites", "n_bins", "hours"):

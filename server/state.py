@@ -25,6 +25,7 @@ from clin_jepa.errors import CheckpointError, ConfigError
 from clin_jepa.federation import FederationConfig, RoundPlan, ema_update
 from clin_jepa.io import atomic_write_text
 from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, preset
+from clin_jepa.security.signing import sign_file, verify_file
 
 LATEST = "ckpt.pt"
 METRICS = "metrics.jsonl"
@@ -102,8 +103,10 @@ def save_round(state: ServerState, out_dir: Path, step: int, phase: str, metrics
     """Checkpoint the state (per-round file and ``ckpt.pt``), then append the metrics line."""
     ckpt = state.checkpoint(step, phase, metrics, sites)
     per_round = out_dir / f"round_{state.round:04d}.pt"
-    save_checkpoint(per_round, ckpt)
-    save_checkpoint(out_dir / LATEST, ckpt)
+    for path in (per_round, out_dir / LATEST):
+        save_checkpoint(path, ckpt)
+        if state.cfg.signing_key:  # right after each save: a crash leaves at most one file unsigned
+            sign_file(path, state.cfg.resolve(state.cfg.signing_key))
     append_metrics(out_dir, metrics)
     return per_round
 
@@ -138,6 +141,8 @@ def truncate_metrics(out_dir: Path, last_round: int) -> None:
 def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
     """Load ``directory/ckpt.pt`` and check it continues a run with the same schedule."""
     path = directory / LATEST if directory.is_dir() else directory
+    if cfg.signing_key:
+        verify_file(path, cfg.resolve(cfg.signing_key))
     ckpt = load_checkpoint(path)
     stored = ckpt.extra.get("federation")
     if not isinstance(stored, dict):
