@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 from fixtures import icu_patient, random_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.dataset import infinite_batches, make_loader
@@ -252,3 +254,24 @@ def test_vectorized_tokens_equal_a_plain_reference_implementation(make_site, n_b
     np.testing.assert_array_equal(got.treat, treat)
     np.testing.assert_array_equal(got.bins, bins)
     assert (got.bins > 0).mean() > 0.5 and set(np.unique(got.bins)) == set(range(n_bins + 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.floats(-50, 400, allow_nan=False), min_size=1, max_size=300),
+       cuts=st.lists(st.integers(0, 300), max_size=4), n_bins=st.integers(2, 20))
+def test_any_partition_of_values_merges_to_the_pooled_statistics(values, cuts, n_bins) -> None:
+    concept = np.array([TABLE.index("heart_rate"), TABLE.index("glucose")] * len(values), np.int16)
+    v = np.repeat(np.array(values), 2)
+    pooled = SiteStatistics.empty()
+    pooled.add_values(concept, v)
+    parts = []
+    for lo, hi in zip([0, *sorted(cuts)], [*sorted(cuts), len(v)], strict=True):
+        part = SiteStatistics.empty()
+        part.add_values(concept[lo:hi], v[lo:hi])
+        parts.append(part)
+    merged = merge_statistics(parts)
+    assert (merged.hist == pooled.hist).all() and (merged.counts == pooled.counts).all()
+    a, b = quantile_edges(merged, n_bins), quantile_edges(pooled, n_bins)
+    assert a.fingerprint() == b.fingerprint()
+    for c in a.concepts:
+        assert np.all(np.diff(a.edges[c]) > 0) and len(a.edges[c]) == n_bins - 1
