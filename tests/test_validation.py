@@ -142,7 +142,7 @@ CASES: list[tuple[str, Callable[[Path, dict], None], list[str]]] = [
      ["metadata/codes.parquet: not a readable parquet file"]),
     ("unmapped_codes", lambda r, c: c["code_map"].pop(0),  # VITAL//HR no longer mapped
      ["column 'code':", "of events have codes the code_map does not map", "max_unmapped_share 5.00%",
-      "VITAL//HR"]),
+      "VITAL//HR (2 events, e.g. in data/train/0.parquet)"]),
     ("unknown_unit", lambda r, c: c["code_map"][6].update(unit="mg"),
      ["code_map[6] (code 'LAB//CREAT').unit: 'mg' cannot be converted to mg/dL for 'creatinine'",
       "allowed: mg/dL, umol/L"]),

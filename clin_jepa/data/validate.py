@@ -62,6 +62,7 @@ class ValidationSummary:
     icu_hours: float = 0.0
     code_counts: Counter = field(default_factory=Counter)
     code_category: dict[str, int] = field(default_factory=dict)
+    code_file: dict[str, str] = field(default_factory=dict)  # first shard each code was seen in
     code_concept: dict[str, str] = field(default_factory=dict)
     task_positive: dict[str, int] = field(default_factory=dict)
     task_defined: dict[str, int] = field(default_factory=dict)
@@ -183,7 +184,7 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
             if len(missing):
                 p.add(f"{name}: column 'subject_id': {len(missing)} subject(s) missing from "
                       f"metadata/subject_splits.parquet, e.g. {missing[:5].tolist()}")
-        _count_shard(summary, h, mapper, tasks, horizon)
+        _count_shard(summary, h, mapper, tasks, horizon, name)
     if usable == len(paths) and paths and summary.n_events == 0:
         p.add(f"{root}/data: the data shards hold no events")
     _dataset_checks(p, cfg, summary, seen_subjects, splits)
@@ -193,7 +194,7 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
 
 
 def _count_shard(summary: ValidationSummary, h: Harmonized, mapper: CodeMapper,
-                 tasks: tuple[TaskSpec, ...], horizon: int) -> None:
+                 tasks: tuple[TaskSpec, ...], horizon: int, name: str) -> None:
     """Add one shard's events, codes, stays and labels to ``summary``."""
     table = load_concepts()
     for code, n, cat, concept in zip(h.shard.codes, h.code_counts(), h.info.category, h.info.concept,
@@ -202,6 +203,7 @@ def _count_shard(summary: ValidationSummary, h: Harmonized, mapper: CodeMapper,
             continue
         summary.code_counts[code] += int(n)
         summary.code_category[code] = int(cat)
+        summary.code_file.setdefault(code, name)
         if concept >= 0:
             target, rule = table.get(table.names[concept]), mapper.rule_of(code)
             unit = "" if rule is None or not rule.unit else (
@@ -244,7 +246,8 @@ def _dataset_checks(p: Problems, cfg: SiteConfig, summary: ValidationSummary,
     if summary.n_events:
         share = summary.unmapped_share
         if share > cfg.max_unmapped_share:
-            top = ", ".join(f"{c} ({n:,})" for c, n in summary.codes_in(UNMAPPED)[:10])
+            top = ", ".join(f"{c} ({n:,} events, e.g. in {summary.code_file[c]})"
+                            for c, n in summary.codes_in(UNMAPPED)[:10])
             p.add(f"column 'code': {share:.2%} of events have codes the code_map does not map "
                   f"(max_unmapped_share {cfg.max_unmapped_share:.2%}); add them to code_map or ignore_codes: "
                   f"{top}")
