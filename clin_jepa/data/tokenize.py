@@ -25,7 +25,7 @@ from clin_jepa.data.harmonize import HOUR_US, CodeMapper, Stays, eligible_stay_e
 from clin_jepa.data.meds import NAT, SPLIT_CODE, Shard, iter_shards, read_splits, shard_paths, splits_path
 from clin_jepa.data.stats import Discretization
 from clin_jepa.data.tasks import TaskSpec, compute_labels
-from clin_jepa.errors import DataValidationError
+from clin_jepa.errors import ClinJepaError, DataValidationError
 from clin_jepa.io import atomic_write_bytes
 
 CONTEXT_HOURS = 24
@@ -109,13 +109,18 @@ def _time_features(stays: Stays, hours: int) -> np.ndarray:
 class _Tokenizer:
     """Shard -> SiteTensors with fixed vocabulary lookups built once."""
 
-    def __init__(self, cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...], hours: int):
+    def __init__(self, cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...],
+                 hours: int) -> None:
         table = load_concepts()
         self.cfg, self.disc, self.tasks, self.hours = cfg, disc, tasks, hours
         self.mapper = CodeMapper(cfg)
         n = len(table.names)
         self.column = np.full(n, -1, np.int64)  # canonical index -> bins column (-1: not in vocabulary)
         self.treat_column = np.full(n, -1, np.int64)
+        unknown = [c for c in disc.concepts + disc.treatments if c not in table.names]
+        if unknown:
+            raise ClinJepaError(f"discretization: unknown concept(s) {unknown}; this version knows "
+                                f"{', '.join(table.names)}")
         for j, name in enumerate(disc.concepts):
             self.column[table.index(name)] = j
         for j, name in enumerate(disc.treatments):
@@ -160,7 +165,7 @@ class _Tokenizer:
     def _fill_bins(self, bins: np.ndarray, flat: np.ndarray, col: np.ndarray, value: np.ndarray,
                    offset: np.ndarray) -> None:
         """Write into flat ``bins`` the value bin of the latest event of every (stay, hour, concept) cell."""
-        # group by concept with one stable sort of a small int, then one searchsorted per concept
+        # group by concept with one stable (radix) sort of a small int, then bin each concept's slice
         order = np.argsort(col.astype(np.int16), kind="stable")
         bounds = np.searchsorted(col[order], np.arange(len(self.disc.concepts) + 1))
         v = value[order]
