@@ -10,7 +10,8 @@
    one site's data alone, with that site's own quantile bins, as a hospital training alone would).
    A run whose ``ckpt.pt`` already reached its step count is reused.
 3. Federated: ``--federated CKPT`` adds an existing checkpoint; ``--run-federated`` runs ``flwr run .``
-   with rounds × local-steps × sites = steps (same stays seen as the centralized runs).
+   on a private local SuperLink with rounds × local-steps × sites = steps (the same stays seen as by
+   each centralized run; the curriculum's phases then follow rounds).
 4. ``clin-jepa evaluate`` once per discretization (checkpoints tokenized alike share a report; the
    baselines run with the first group), all on the pooled held-out stays of every site; then one
    ``OUT/comparison.md`` / ``comparison.json`` table with all rows.
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--gru-epochs", type=int, default=30)
     p.add_argument("--federated", type=Path, help="an existing federated ckpt.pt to include")
     p.add_argument("--run-federated", action="store_true", help="also train one with `flwr run .`")
+    p.add_argument("--federated-timeout", type=float, default=3600, help="seconds for the Flower run")
     p.add_argument("--local-steps", type=int, default=10, help="per-site steps per round (--run-federated)")
     p.add_argument("--no-local", action="store_true", help="skip the local-only runs")
     return p.parse_args(argv)
@@ -114,17 +116,34 @@ def train_runs(args, configs: list[Path]) -> dict[str, Path]:
 
 
 def run_federated(args, configs: list[Path]) -> Path:
-    if shutil.which("flwr") is None and not (Path(sys.executable).parent / "flwr").exists():
-        sys.exit("--run-federated needs the `flwr` command (pip install 'flwr[simulation]')")
-    flwr = shutil.which("flwr") or str(Path(sys.executable).parent / "flwr")
+    """Simulate the federation on a private local SuperLink (``clin_jepa.localrun``), matched budget."""
+    from clin_jepa.localrun import LocalFlower
+
     rounds = max(1, round(args.steps / (args.local_steps * len(configs))))
     ckdir = (args.out / "runs" / "federated").resolve()
-    cfg = (f"num-rounds={rounds} local-steps={args.local_steps} preset=\"{args.preset}\" seed={args.seed} "
-           f"batch-size={args.batch_size} site-configs=\"{','.join(str(c.resolve()) for c in configs)}\" "
-           f"checkpoint-dir=\"{ckdir}\" synth-if-missing=false")
-    sh([flwr, "run", ".", "--run-config", cfg, "--stream"], log=args.out / "logs" / "federated.log",
-       env={"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"})
+    if finished_federated(ckdir, rounds):
+        print(f"reuse {ckdir}", flush=True)
+        return ckdir / "ckpt.pt"
+    shutil.rmtree(ckdir, ignore_errors=True)
+    config = {"num-rounds": rounds, "local-steps": args.local_steps, "preset": args.preset, "seed": args.seed,
+              "batch-size": args.batch_size, "site-configs": ",".join(str(c.resolve()) for c in configs),
+              "checkpoint-dir": str(ckdir), "synth-if-missing": False}
+    log = args.out / "logs" / "federated.log"
+    print(f"$ flwr run . ({rounds} rounds x {args.local_steps} steps x {len(configs)} sites)", flush=True)
+    start = time.perf_counter()
+    with LocalFlower(args.out / "flwr_home", ROOT, args.out / "logs" / "superlink.log") as fl:
+        res = fl.run(ROOT, config, num_supernodes=len(configs), timeout=args.federated_timeout)
+    log.write_text(res.stdout)
+    if res.returncode or not (ckdir / "ckpt.pt").is_file():
+        sys.exit(f"federated run failed ({res.returncode}); see {log}:\n{res.stdout[-3000:]}")
+    print(f"trained federated in {time.perf_counter() - start:.0f} s", flush=True)
     return ckdir / "ckpt.pt"
+
+
+def finished_federated(ckdir: Path, rounds: int) -> bool:
+    from clin_jepa.checkpoint import load_checkpoint
+
+    return (ckdir / "ckpt.pt").is_file() and load_checkpoint(ckdir / "ckpt.pt").round >= rounds
 
 
 def fingerprint(ckpt: Path) -> str:
