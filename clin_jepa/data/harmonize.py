@@ -244,36 +244,33 @@ def attribute_events(h: Harmonized, stays: Stays, horizon_hours: int,
     """Events within ``horizon_hours`` of the start of the stay they belong to (no per-event loops).
 
     With a boolean ``keep`` over ``stays``, only events of kept stays are returned and ``stay`` indexes
-    the kept stays (``stays.take(keep)``).
+    the kept stays (``stays.take(keep)``). Lookups are made per run of equal ``subject_id`` (MEDS keeps a
+    subject's rows together, so runs are few; unsorted input only makes runs shorter, never wrong).
     """
     s = h.shard
-    rows = np.flatnonzero((h.concept >= 0) & (s.time != NAT))
-    if len(stays) == 0 or len(rows) == 0:
+    if len(stays) == 0 or len(s) == 0:
         return StayEvents(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int16), np.zeros(0))
-    subj, t = s.subject[rows], s.time[rows]
     first = np.flatnonzero(np.r_[True, stays.subject[1:] != stays.subject[:-1]])  # stays sorted by subject
     uniq, count = stays.subject[first], np.diff(np.r_[first, len(stays)])
-    pos = np.clip(np.searchsorted(uniq, subj), 0, len(uniq) - 1)
-    member = np.flatnonzero(uniq[pos] == subj)
-    rows, t, pos = rows[member], t[member], pos[member]
-    cand = first[pos] + count[pos] - 1
-    multi = np.flatnonzero(count[pos] > 1)  # only subjects with several stays need a search
-    if len(multi):
-        m_cand, m_lo, m_t = cand[multi], first[pos[multi]], t[multi]
-        while True:  # steps back over a subject's later stays; at most max(stays per subject) times
-            back = np.flatnonzero((stays.start[m_cand] > m_t) & (m_cand > m_lo))
-            if len(back) == 0:
-                break
+    run = np.flatnonzero(np.r_[True, s.subject[1:] != s.subject[:-1]])
+    length = np.diff(np.r_[run, len(s)])
+    pos = np.clip(np.searchsorted(uniq, s.subject[run]), 0, len(uniq) - 1)
+    has = uniq[pos] == s.subject[run]
+    cand = np.repeat(np.where(has, first[pos] + count[pos] - 1, 0), length)  # the subject's last stay
+    multi = np.flatnonzero(np.repeat(has & (count[pos] > 1), length))
+    if len(multi):  # step back over later stays; at most max(stays per subject) rounds
+        m_cand, m_lo, m_t = cand[multi], np.repeat(first[pos], length)[multi], s.time[multi]
+        while len(back := np.flatnonzero((stays.start[m_cand] > m_t) & (m_cand > m_lo))):
             m_cand[back] -= 1
         cand[multi] = m_cand
-    offset = t - stays.start[cand]
-    ok = (offset >= 0) & (offset < horizon_hours * HOUR_US)
+    offset = s.time - stays.start[cand]
+    ok = (np.repeat(has, length) & (h.concept >= 0) & (s.time != NAT) & (offset >= 0)
+          & (offset < horizon_hours * HOUR_US))
     if keep is not None:
         ok &= keep[cand]
         cand = (np.cumsum(keep) - 1)[cand]
     sel = np.flatnonzero(ok)
-    rows = rows[sel]
-    return StayEvents(cand[sel].astype(np.int64), offset[sel], h.concept[rows], h.value[rows])
+    return StayEvents(cand[sel].astype(np.int64), offset[sel], h.concept[sel], h.value[sel])
 
 
 def eligible_stay_events(h: Harmonized, horizon_hours: int) -> tuple[Stays, Stays, StayEvents]:

@@ -147,7 +147,7 @@ class _Tokenizer:
         col = self.column[ev.concept]
         m = np.flatnonzero(tok & (col >= 0) & np.isfinite(ev.value))
         bins = np.zeros(n * T * C, np.int16)
-        self._fill_bins(bins, cell[m] * C + col[m], col[m], ev.value[m], ev.offset[m])
+        self._fill_bins(bins, cell[m], col[m], ev.value[m], ev.offset[m])
         treat = np.zeros(n * T * K, np.float32)
         tcol = self.treat_column[ev.concept]
         mt = tok & (tcol >= 0)
@@ -162,31 +162,40 @@ class _Tokenizer:
                            labels, split, stays.subject.astype(np.int64), self.disc.concepts,
                            self.disc.treatments, tuple(t.name for t in self.tasks), self.cfg.site)
 
-    def _fill_bins(self, bins: np.ndarray, flat: np.ndarray, col: np.ndarray, value: np.ndarray,
+    def _fill_bins(self, bins: np.ndarray, cell: np.ndarray, col: np.ndarray, value: np.ndarray,
                    offset: np.ndarray) -> None:
-        """Write into flat ``bins`` the value bin of the latest event of every (stay, hour, concept) cell."""
-        # group by concept with one stable (radix) sort of a small int, then bin each concept's slice
+        """Write into flat ``bins`` the value bin of the latest event of every (stay, hour, concept) cell.
+
+        Events are grouped by concept with one stable radix sort of a small int; for a shard sorted by
+        subject and time (as MEDS requires) that already orders every cell's events by time, which is
+        checked, and only unsorted input pays for a full sort.
+        """
+        C = len(self.disc.concepts)
+        if C == 0 or len(col) == 0:
+            return
         order = np.argsort(col.astype(np.int16), kind="stable")
-        bounds = np.searchsorted(col[order], np.arange(len(self.disc.concepts) + 1))
-        v = value[order]
-        b_sorted = np.empty(len(v), np.int16)
+        key = col[order] * (len(bins) // C) + cell[order]  # concept-major cell id
+        off = offset[order]
+        same = key[1:] == key[:-1]
+        if not (np.all(key[1:] >= key[:-1]) and np.all(off[1:][same] >= off[:-1][same])):
+            resort = np.lexsort((off, key))
+            order, key = order[resort], key[resort]
+            same = key[1:] == key[:-1]
+        winners = order[np.flatnonzero(np.r_[~same, True])]  # latest event per cell, grouped by concept
+        c, v = col[winners], value[winners]
+        bounds = np.searchsorted(c, np.arange(C + 1))
+        b = np.empty(len(winners), np.int16)
         for j, name in enumerate(self.disc.concepts):
             lo, hi = bounds[j], bounds[j + 1]
             edges, part = self.disc.edges[name], v[lo:hi]
             if len(edges) <= 16:  # counting edges <= v is searchsorted(side="right") without branches
-                out = b_sorted[lo:hi]
+                out = b[lo:hi]
                 out[:] = 1
                 for e in edges:
                     out += part >= e
             else:
-                b_sorted[lo:hi] = 1 + np.searchsorted(edges, part, side="right")
-        b = np.empty_like(b_sorted)
-        b[order] = b_sorted
-        # the latest event per cell wins; cheaper than sorting by (cell, time)
-        latest = np.full(len(bins), -1, np.int64)
-        np.maximum.at(latest, flat, offset)
-        win = latest[flat] == offset
-        bins[flat[win]] = b[win]
+                b[lo:hi] = 1 + np.searchsorted(edges, part, side="right")
+        bins[cell[winners] * C + c] = b
 
 
 def tokenize_dataset(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...],
