@@ -27,3 +27,7 @@ insecure_banner() {  # insecure_banner WHO
 ################################################################################
 BANNER
 }
+
+usage() {  # print the comment block at the top of the calling script
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}

@@ -41,6 +41,9 @@ def test_supernode_requires_keys_and_site_config(tmp_path):
     done = _run([script, "--superlink", "localhost:1", "--site-config", str(site),
                  "--keys", str(tmp_path / "pki/nodes/n")], tmp_path)
     assert done.returncode == 2 and "node private key not found" in done.stderr
+    done = _run([script, "--superlink", "localhost:1", "--site-config", str(site), "--min-patients", "0"],
+                tmp_path)
+    assert done.returncode == 2 and "--min-patients must be a whole number" in done.stderr
 
 
 def test_insecure_supernode_warns_loudly(tmp_path):

@@ -10,7 +10,7 @@
 # SuperLink keeps registrations in its database (--state), so this is done once, not per restart.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
-[[ $# -ge 2 ]] || { sed -n '2,11p' "$0"; exit 2; }
+[[ $# -ge 2 ]] || { usage; exit 2; }
 require_command flwr
 federation="$1"; shift
 for item in "$@"; do

@@ -1,0 +1,112 @@
+"""Only model arrays and aggregate metrics leave a site: every ClientApp reply is checked key by key.
+
+The real ClientApp answers real Flower Messages built by the real server code (statistics query, then
+one training round per curriculum phase). Any record, array key or metric outside the allowlists below
+fails the test: adding something to a reply means adding it here, in review.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from deploy_harness import BIN
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.metadata import Metadata
+
+from client.client_app import app
+from clin_jepa.curriculum import PHASES
+from clin_jepa.data.stats import SiteStatistics, quantile_edges
+from clin_jepa.federation import FederationConfig, plan_round
+from server.state import ServerState
+from server.strategy import ClinJepaFedAvg
+
+NODE = 7
+STATISTICS_RECORDS = {"statistics": ArrayRecord, "metrics": MetricRecord, "site": ConfigRecord}
+STATISTICS_ARRAYS = {"hist", "counts", "n_subjects", "n_stays"}  # histograms over fixed grids and counts
+TRAIN_RECORDS = {"arrays": ArrayRecord, "metrics": MetricRecord}
+# Aggregates over the site's whole local training run (means over steps and batches), never per patient.
+TRAIN_METRICS = {
+    "num-examples", "train-rows", "client-time-s", "loss", "collapse", "lr", "momentum", "phase_index",
+    "monitor-drift", "monitor-eff_rank", "monitor-emb_std_mean", "monitor-emb_std_min",
+}
+TRAIN_METRIC_PATTERNS = (re.compile(r"loss_step\d+"),)  # one rollout-loss mean per predicted step
+
+
+def _message(content: RecordDict, message_type: str, rnd: int) -> Message:
+    meta = Metadata(run_id=1, message_id=f"m{rnd}", src_node_id=0, dst_node_id=NODE, reply_to_message_id="",
+                    group_id=str(rnd), created_at=time.time(), ttl=3600.0, message_type=message_type)
+    return Message(content, metadata=meta)
+
+
+def _check_metrics(record: MetricRecord, allowed: set[str], where: str,
+                   patterns: tuple[re.Pattern, ...] = ()) -> None:
+    extra = {k for k in record if k not in allowed and not any(p.fullmatch(k) for p in patterns)}
+    assert not extra, f"{where}: metric(s) outside the allowlist: {sorted(extra)}"
+    for key, value in record.items():
+        assert isinstance(value, int | float) and not isinstance(value, bool), f"{where}: {key} is {value!r}"
+        assert math.isfinite(value), f"{where}: {key} = {value}"
+
+
+def _check_records(reply: Message, allowed: dict[str, type], where: str) -> None:
+    assert not reply.has_error(), f"{where}: {reply.error}"
+    content = reply.content
+    outside = set(content) - set(allowed)
+    assert not outside, f"{where}: records outside the allowlist: {outside}"
+    for name, record in content.items():
+        assert isinstance(record, allowed[name]), f"{where}: {name} is a {type(record).__name__}"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("allowlist")
+    done = subprocess.run([str(BIN / "clin-jepa"), "synth", "--out", str(root), "--sites", "1", "--patients",
+                           "40", "--seed", "5"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return root / "hospital_a.yaml"
+
+
+@pytest.mark.timeout(300)
+def test_every_reply_carries_only_allowlisted_arrays_and_metrics(site):
+    run_config = {"num-rounds": len(PHASES), "local-steps": 1, "preset": "tiny", "synth-if-missing": False,
+                  "phase-fractions": "0.2,0.2,0.2,0.2,0.2", "site-configs": str(site), "min-sites": 1}
+    cfg = FederationConfig.from_run_config(run_config)
+    context = Context(run_id=1, node_id=NODE, node_config={"site-config": str(site)}, state=RecordDict(),
+                      run_config=run_config)
+
+    query = RecordDict({"config": ConfigRecord({"what": "statistics"})})
+    reply = app(_message(query, "query.statistics", 0), context)
+    _check_records(reply, STATISTICS_RECORDS, "statistics reply")
+    arrays = {k: v.numpy() for k, v in reply.content["statistics"].items()}
+    assert set(arrays) == STATISTICS_ARRAYS
+    assert arrays["hist"].dtype.kind in "iu" and arrays["counts"].dtype.kind in "iu"  # counts, not values
+    _check_metrics(reply.content["metrics"], {"num-examples"}, "statistics reply")
+    assert dict(reply.content["site"]) == {"site": "hospital_a"}
+
+    stats = SiteStatistics.from_arrays(arrays)
+    state = ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))
+    strategy = ClinJepaFedAvg(cfg, state, {NODE: "hospital_a"})
+    seen_phases = []
+    for rnd in range(1, cfg.num_rounds + 1):
+        plan = plan_round(rnd, cfg)
+        state.begin_round(plan)
+        sent = state.flat(plan.upload)
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in sent.items()}),
+                              "config": strategy.round_config(rnd)})
+        reply = app(_message(content, "train", rnd), context)
+        where = f"round {rnd} ({plan.phase}) reply"
+        _check_records(reply, TRAIN_RECORDS, where)
+        back = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+        assert set(back) == set(sent), f"{where}: array keys differ from the groups the server sent"
+        for key, value in back.items():
+            assert value.shape == sent[key].shape and value.dtype == sent[key].dtype, f"{where}: {key}"
+            assert np.isfinite(value).all(), f"{where}: {key} has NaN/inf"
+        _check_metrics(reply.content["metrics"], TRAIN_METRICS, where, TRAIN_METRIC_PATTERNS)
+        assert reply.content["metrics"]["num-examples"] >= 1
+        state.end_round(plan, back)
+        seen_phases.append(plan.phase)
+    assert seen_phases == list(PHASES)
