@@ -156,3 +156,9 @@ def test_evaluate_a_checkpoint_trained_by_the_cli(world, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["models"]["run"]["mode"] == "curriculum" and metrics["models"]["run"]["step"] == 6
     assert all((out / p).stat().st_size > 0 for p in PLOTS)
+
+
+def test_refuses_the_same_site_twice(world, tmp_path, capsys):
+    _, sites, disc = world
+    good = make_ckpt(tmp_path / "good.pt", disc)
+    _refused([good, "--sites", sites[0], sites[0]], capsys, tmp_path / "out", "twice")

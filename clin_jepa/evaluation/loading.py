@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from clin_jepa.errors import CheckpointError
+from clin_jepa.errors import CheckpointError, ConfigError
 
 GENERIC_STEMS = {"ckpt", "checkpoint", "model", "final", "latest", "last"}
 
@@ -133,9 +133,13 @@ def load_sites(paths: Sequence[str | Path], disc: Any, hours: int, bar: Any = No
     if not paths:
         raise CheckpointError("no site config given: pass --sites site_configs/*.yaml")
     tasks = load_tasks()
+    cfgs = [load_site_config(p) for p in paths]
+    names = [c.site for c in cfgs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--sites names the same site twice ({names}); its stays would count double")
     parts = []
-    for p in paths:
-        parts.append(build_site_tensors(load_site_config(p), disc, tasks, hours=hours))
+    for cfg in cfgs:
+        parts.append(build_site_tensors(cfg, disc, tasks, hours=hours))
         if bar is not None:
             bar.update(1)
     return SiteTensors.concat(parts)

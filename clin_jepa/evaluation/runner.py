@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clin_jepa.errors import DataValidationError
 from clin_jepa.evaluation import geometry
 from clin_jepa.evaluation.baselines import GRUSettings, gru_baseline, hourly_inputs, last_value_features
 from clin_jepa.evaluation.drift import drift_curve, relative_change
@@ -109,6 +110,11 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         for m in models:
             check_against_data(m, data)
         train, tune, held = (data.subset(name) for name in ("train", "tuning", "held_out"))
+        empty = [name for name, part in (("train", train), ("held_out", held)) if len(part) == 0]
+        if empty:
+            raise DataValidationError(", ".join(map(str, sites)), [
+                f"no eligible ICU stay (>= 24 h) in the {name} split of any site; probes fit on train and "
+                "every metric is scored on held_out" for name in empty])
         results, projections = {}, {}
         for m in models:
             bar.set_postfix_str(m.label)
