@@ -86,7 +86,8 @@ def test_meds_testing_helpers_sample_validates_and_harmonizes(tmp_path: Path, ca
     tensors = build_site_tensors(cfg, disc, load_tasks())
     assert len(tensors) == 0 and tensors.bins.shape == (0, 72, 2) and tensors.labels.shape == (0, 8)
     assert main(["validate", str(cfg.source)]) == 0
-    assert "6 found, 0 eligible" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 found, 0 eligible" in out and "note: no eligible ICU stays" in out
 
 
 def test_meds_tool_written_long_stays_become_tensors(tmp_path: Path) -> None:

@@ -277,3 +277,10 @@ def test_any_partition_of_values_merges_to_the_pooled_statistics(values, cuts, n
     assert a.fingerprint() == b.fingerprint()
     for c in a.concepts:
         assert np.all(np.diff(a.edges[c]) > 0) and len(a.edges[c]) == n_bins - 1
+
+
+def test_infinite_batches_refuse_an_empty_split(handmade_site) -> None:
+    t = tokenize_dataset(handmade_site, _handmade_disc(), load_tasks())
+    empty = t.take(np.zeros(0, int))
+    with pytest.raises(ClinJepaError, match="no eligible ICU stays"):
+        next(infinite_batches(empty, batch_size=2, seed=0))

@@ -170,9 +170,13 @@ def test_there_are_at_least_20_distinct_cases() -> None:
     assert len({c[0] for c in CASES}) == len(CASES) >= 20
 
 
-def test_the_unmodified_dataset_is_valid(tmp_path: Path) -> None:
-    summary = validate_site(load_site_config(_write_case(tmp_path, lambda r, c: None)))
+def test_the_unmodified_dataset_is_valid_and_nothing_is_written(tmp_path: Path) -> None:
+    cfg = load_site_config(_write_case(tmp_path, lambda r, c: None))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    summary = validate_site(cfg)
     assert summary.n_subjects == 5 and summary.n_eligible == 5 and summary.n_stays == 6
+    assert summary.icu_hours == 60 + 30 + 50 + 26 + 40 and summary.n_events == 8 + 6 + 4 + 5 + 4 + 3
+    assert sorted(p for p in tmp_path.rglob("*")) == before and not cfg.state_dir.exists()
 
 
 @pytest.mark.parametrize(("mutate", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from clin_jepa.data.tokenize import SiteTensors
+from clin_jepa.errors import DataValidationError
 
 Batch = dict[str, torch.Tensor]
 
@@ -63,7 +64,9 @@ def infinite_batches(tensors: SiteTensors, batch_size: int, seed: int,
                      start_step: int = 0) -> Iterator[Batch]:
     """Batches for steps ``start_step, start_step + 1, ...``; batch ``s`` depends only on (seed, s)."""
     if len(tensors) == 0:
-        raise ValueError("infinite_batches: no rows (no eligible ICU stays in this split)")
+        raise DataValidationError(f"site {tensors.site}", [
+            "no eligible ICU stays (>= 24 h, alive at 24 h) to train on; run `clin-jepa validate` on its "
+            "site config to see how many stays the icu_stay codes find"])
     step = start_step
     while True:
         yield batch_from_indices(tensors, batch_indices_at(len(tensors), batch_size, seed, step))

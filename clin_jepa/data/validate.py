@@ -95,6 +95,8 @@ class ValidationSummary:
             + (f", ... {len(unmapped) - 10} more" if len(unmapped) > 10 else ""),
             "  task positive rates (eligible stays with a defined label):",
         ]
+        if self.n_eligible == 0:
+            lines.insert(3, "  note: no eligible ICU stays, so this site has nothing to train or evaluate on")
         for task, defined in self.task_defined.items():
             pos = self.task_positive[task]
             rate = f"{pos / defined:.1%}" if defined else "n/a"
