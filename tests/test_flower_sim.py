@@ -27,7 +27,8 @@ def make_sites(root: Path, n: int, subjects: int = 40) -> list[Path]:
     for i in range(n):
         events = random_events(subjects, seed=i, hours=48, first_id=1 + 1000 * i)
         data = write_meds(root / f"site{i}" / "data", events)
-        paths.append(write_site_config(root / f"site{i}.yaml", data, root / f"site{i}" / "state", site=f"site{i}"))
+        state = root / f"site{i}" / "state"
+        paths.append(write_site_config(root / f"site{i}.yaml", data, state, site=f"site{i}"))
     return paths
 
 
@@ -130,29 +131,27 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path, flower):
     la, lb = read_lines(straight), read_lines(stopped)
     for x, y in zip(la[1:], lb[1:], strict=True):
         assert y["aggregate"]["loss"] == pytest.approx(x["aggregate"]["loss"], rel=1e-4)
-    # a resume that changes the schedule is refused with a clear message
-    bad = flower.run(REPO, run_config(sites, tmp_path / "other", **{"resume-from": str(stopped),
-                                                                   "local-steps": 3}), num_supernodes=2)
-    assert "local-steps" in bad.stdout and "schedule" in bad.stdout
-    assert not (tmp_path / "other" / "ckpt.pt").exists()
 
 
 def test_one_site_federated_loss_matches_centralized(tmp_path, flower):
-    from clin_jepa.cli import main as cli
+    from clin_jepa.curriculum import CurriculumConfig
+    from clin_jepa.trainer import TrainerConfig, train_centralized
 
     sites = make_sites(tmp_path / "sites", 1, subjects=60)
-    rounds, steps = 20, 2  # default phase fractions fall on round boundaries at 20 rounds
+    rounds, steps, fractions = 10, 2, "0.2,0.3,0.2,0.1,0.2"  # phase boundaries fall on round boundaries
     out = tmp_path / "fl"
     cfg = run_config(sites, out, **{"num-rounds": rounds, "local-steps": steps, "min-sites": 1,
-                                    "phase-fractions": "0.1,0.45,0.2,0.05,0.2"})
+                                    "phase-fractions": fractions})
     check_run(flower.run(REPO, cfg, num_supernodes=1))
-    central = tmp_path / "central"
-    assert cli(["train", "--sites", str(sites[0]), "--out", str(central), "--preset", "tiny",
-                "--steps", str(rounds * steps), "--log-every", str(steps), "--batch-size", "8", "--hours", "48",
-                "--no-progress"]) == 0
-    fl = [ln["sites"]["site0"]["loss"] for ln in read_lines(out)[1:]]
-    ce = [json.loads(x)["loss"] for x in (central / "metrics.jsonl").read_text().splitlines()]
+    central = tmp_path / "central"  # what `clin-jepa train` runs, with the same fractions
+    tcfg = TrainerConfig(preset="tiny", steps=rounds * steps, batch_size=8, log_every=steps, hours=48)
+    ccfg = CurriculumConfig(fractions=tuple(float(f) for f in fractions.split(",")))
+    train_centralized([sites[0]], central, tcfg, ccfg, progress=False)
+    fl = np.array([ln["sites"]["site0"]["loss"] for ln in read_lines(out)[1:]])
+    ce = np.array([json.loads(x)["loss"] for x in (central / "metrics.jsonl").read_text().splitlines()])
     assert len(fl) == len(ce) == rounds
-    # identical init, batches, lr and optimizer state; only the EMA cadence differs (per round vs per step)
-    np.testing.assert_allclose(fl[:2], ce[:2], rtol=1e-5)  # warmup: Ē = E on both sides, exact
-    np.testing.assert_allclose(fl, ce, rtol=0.02)
+    # Same init, batches, lr schedule and optimizer state (kept by the site across rounds). In warmup
+    # Ē = E on both sides, so the losses agree to float precision; afterwards only the EMA cadence
+    # differs (the server moves Ē once per round, the centralized trainer every step).
+    np.testing.assert_allclose(fl[:2], ce[:2], rtol=1e-5, err_msg=f"fl {fl}\ncentral {ce}")
+    np.testing.assert_allclose(fl, ce, rtol=0.02, err_msg=f"fl {fl}\ncentral {ce}")
