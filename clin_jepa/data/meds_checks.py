@@ -19,7 +19,10 @@ import pyarrow.parquet as pq
 from clin_jepa.data.meds import CODE, NAT, SPLITS, SUBJECT, TIME, VALUE, Shard, splits_path
 
 N_EXAMPLES = 3
-EXPECTED = {SUBJECT: "int64", TIME: "timestamp[us]", CODE: "string", VALUE: "float32 (optional)"}
+# the MEDS column types as the meds package declares them, named the way people write them
+_SPELLING = {"float": "float32", "double": "float64"}
+EXPECTED = {f.name: _SPELLING.get(str(f.type), str(f.type)) for f in meds.DataSchema.schema()
+            if f.name in (SUBJECT, TIME, CODE, VALUE)}
 
 
 class Problems:
@@ -99,7 +102,7 @@ def check_data_schema(table: pa.Table, name: str, p: Problems, all_names: list[s
     if SUBJECT in cols:
         t = table.schema.field(SUBJECT).type
         if not pa.types.is_integer(t):
-            p.add(f"{name}: column '{SUBJECT}': type {t}, expected int64")
+            p.add(f"{name}: column '{SUBJECT}': type {t}, expected {EXPECTED[SUBJECT]}")
             usable = False
         elif len(nulls := _null_rows(table.column(SUBJECT))):
             p.add(f"{name}: column '{SUBJECT}': {len(nulls)} null value(s); {_table_rows(table, nulls)}")
@@ -109,7 +112,7 @@ def check_data_schema(table: pa.Table, name: str, p: Problems, all_names: list[s
     if CODE in cols:
         t = table.schema.field(CODE).type
         if not _is_string(t):
-            p.add(f"{name}: column '{CODE}': type {t}, expected string")
+            p.add(f"{name}: column '{CODE}': type {t}, expected {EXPECTED[CODE]}")
             usable = False
         elif len(nulls := _null_rows(table.column(CODE))):
             p.add(f"{name}: column '{CODE}': {len(nulls)} null value(s); {_table_rows(table, nulls)}")
@@ -117,7 +120,7 @@ def check_data_schema(table: pa.Table, name: str, p: Problems, all_names: list[s
     if VALUE in cols:
         t = table.schema.field(VALUE).type
         if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
-            p.add(f"{name}: column '{VALUE}': type {t}, expected float32")
+            p.add(f"{name}: column '{VALUE}': type {t}, expected {EXPECTED[VALUE]}")
             usable = False
         elif pa.types.is_floating(t):
             _check_float_values(table, name, p)
@@ -137,7 +140,7 @@ def _check_time_type(table: pa.Table, name: str, p: Problems) -> bool:
             p.add(f"{name}: column '{TIME}': type {t} holds times that do not fit timestamp[us] ({exc})")
             return False
         return True
-    msg = f"{name}: column '{TIME}': type {t}, expected timestamp[us]"
+    msg = f"{name}: column '{TIME}': type {t}, expected {EXPECTED[TIME]}"
     if _is_string(t):
         raw = table.column(TIME).to_pandas()
         parsed = pd.to_datetime(raw, errors="coerce", format="mixed")
