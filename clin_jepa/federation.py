@@ -23,6 +23,7 @@ import numpy as np
 
 from clin_jepa.curriculum import HARD_SYNC, PHASES, CurriculumConfig, boundary_actions, lr_at, phase_at
 from clin_jepa.errors import ConfigError
+from clin_jepa.privacy.planning import RunDPOverrides
 
 FAULT_KINDS = ("raise", "nan", "scale", "sleep")
 DP_CENTRAL = ("off", "client-fixed", "server-fixed")
@@ -59,6 +60,13 @@ class FederationConfig:
     dp_central: str = "off"
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 1.0
+    dp_central_delta: float = 1e-5
+    dp_sample_epsilon: float = 0.0
+    dp_sample_delta: float = 0.0
+    dp_sample_max_grad_norm: float = 0.0
+    dp_sample_noise_multiplier: float = 0.0
+    dp_sample_mode: str = "hooks"
+    dp_sample_accountant: str = "rdp"
     stop_after: int = 0
     inject_faults: str = ""
     signing_key: str = ""  # coordinator/signing.key: sign checkpoints, verify resume-from; "" = unsigned
@@ -83,7 +91,15 @@ class FederationConfig:
             raise ConfigError("run config site-configs: give at least one site config path")
         if self.dp_central not in DP_CENTRAL:
             raise ConfigError(f"run config dp-central: {self.dp_central!r} is not one of {list(DP_CENTRAL)}")
+        if not 0 < self.dp_central_delta < 1:
+            raise ConfigError(f"run config dp-central-delta: must be in (0, 1), got {self.dp_central_delta}")
+        self.dp_sample()  # validates the sample-level DP keys
         self.faults()  # validates the spec
+
+    def dp_sample(self) -> RunDPOverrides:
+        """Sample-level DP asked for by the run config (each site combines it with its own ``privacy:``)."""
+        return RunDPOverrides(self.dp_sample_epsilon, self.dp_sample_delta, self.dp_sample_max_grad_norm,
+                              self.dp_sample_noise_multiplier, self.dp_sample_mode, self.dp_sample_accountant)
 
     def faults(self) -> dict[tuple[str, int], str]:
         """Test hook ``inject-faults = "site:kind[@round],..."``: (site, round; 0 = every round) -> kind."""

@@ -48,7 +48,8 @@ class DPSettings:
 
 @dataclass(frozen=True)
 class RunDPOverrides:
-    """The coordinator's sample-level DP settings (run config). Zero means "not set"."""
+    """The coordinator's sample-level DP settings (run config ``dp-sample-*``). Zero means "not set";
+    ``epsilon > 0`` switches DP on at every site."""
 
     epsilon: float = 0.0
     delta: float = 0.0
@@ -56,6 +57,21 @@ class RunDPOverrides:
     noise_multiplier: float = 0.0
     mode: str = "hooks"
     accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        for key in ("epsilon", "max_grad_norm", "noise_multiplier"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"run config dp-sample-{key.replace('_', '-')}: must be >= 0 "
+                                  f"(0 = not set), got {getattr(self, key)}")
+        if not 0 <= self.delta < 1:
+            raise ConfigError(f"run config dp-sample-delta: must be in [0, 1) (0 = the site's), "
+                              f"got {self.delta}")
+        if self.mode not in GRAD_SAMPLE_MODES:
+            raise ConfigError(f"run config dp-sample-mode: {self.mode!r} is not one of "
+                              f"{list(GRAD_SAMPLE_MODES)}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"run config dp-sample-accountant: {self.accountant!r} is not one of "
+                              f"{list(ACCOUNTANTS)}")
 
 
 def resolve_dp_settings(site: PrivacyConfig, run: RunDPOverrides) -> DPSettings | None:
