@@ -21,11 +21,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.privacy import budget_exhausted_reply, central_dp_metrics, clip_if_asked
 from client.site import ServerSchedule, Site, get_site, site_config_path
 from clin_jepa.curriculum import Phase
 from clin_jepa.data.stats import Discretization
 from clin_jepa.federation import FederationConfig, split_groups, unpack_arrays
 from clin_jepa.models import ModelConfig
+from clin_jepa.privacy import BudgetExhausted
 
 app = ClientApp()
 
@@ -51,7 +53,7 @@ def statistics(msg: Message, context: Context) -> Message:
                               "site": info}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[clip_if_asked])
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     site, fed = _site(context)
@@ -67,8 +69,12 @@ def train(msg: Message, context: Context) -> Message:
     disc = Discretization.from_dict(json.loads(str(config["discretization"])))
     model_cfg = ModelConfig.from_dict(json.loads(str(config["model-config"])))
     _inject_fault(fed, site.name, rnd, "before")
-    trained, metrics = site.train_round(model_cfg, disc, groups, schedule, n_steps, fed,
-                                        str(config["run-id"]), rnd)
+    try:
+        trained, metrics = site.train_round(model_cfg, disc, groups, schedule, n_steps, fed,
+                                            str(config["run-id"]), rnd)
+    except BudgetExhausted as exc:
+        return budget_exhausted_reply(msg, exc)
+    metrics.update(central_dp_metrics(fed))
     reply = {f"{g}.{k}": v for g, state in trained.items() for k, v in state.items()}
     if set(reply) != set(sent):
         raise RuntimeError(f"site {site.name}: trained keys differ from the keys the server sent")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from client.privacy import site_dp, train_round_with_dp
 from clin_jepa.config import SiteConfig, load_site_config
 from clin_jepa.curriculum import CurriculumConfig, Phase, StepPlan
 from clin_jepa.data.dataset import infinite_batches
@@ -140,11 +141,16 @@ class Site:
             set_group_state(model, g, {k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         opt = self.optimizer(model, fed.curriculum, run_id, rnd)
         batch_size = fed.batch_size or self.cfg.batch_size
-        batches = infinite_batches(tensors, batch_size, fed.seed, start_step=schedule.step0)
         monitors: dict[str, float] = {}
-        metrics, _ = train_steps(model, batches, opt, schedule, schedule.step0, n_steps,
-                                 device=_device(self.cfg.device), log_every=n_steps,
-                                 on_log=lambda _s, m: monitors.update(m))
+        dp = site_dp(self.cfg, fed)
+        if dp is not None:  # sample-level DP: Poisson batches, Opacus, the site's ledger; no losses reported
+            metrics = train_round_with_dp(self.cfg, dp, model, opt, tensors, schedule, schedule.step0,
+                                          n_steps, fed, run_id, rnd, batch_size, _device(self.cfg.device))
+        else:
+            batches = infinite_batches(tensors, batch_size, fed.seed, start_step=schedule.step0)
+            metrics, _ = train_steps(model, batches, opt, schedule, schedule.step0, n_steps,
+                                     device=_device(self.cfg.device), log_every=n_steps,
+                                     on_log=lambda _s, m: monitors.update(m))
         self.keep_optimizer(opt, run_id, rnd)
         trained = {g: {k: v.numpy() for k, v in get_group_state(model, g).items()}
                    for g in schedule.phase.trainable}
