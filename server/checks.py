@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from clin_jepa.federation import norm_outliers, update_norm
+from server.privacy import budget_exhausted
 
 WEIGHT_KEY = "num-examples"
 
@@ -68,6 +69,10 @@ def screen_replies(replies: Iterable[Message], asked: Iterable[int], sent: Mappi
         answered.add(node)
         if msg.has_error():
             out.problems[node] = ("error", f"client failed: {msg.error.reason.strip()[-600:]}")
+            continue
+        exhausted = budget_exhausted(msg)  # a DP site that did not train: a status, not a malformed reply
+        if exhausted:
+            out.problems[node] = ("budget-exhausted", exhausted)
             continue
         reason = _check_content(msg, sent)
         if reason:

@@ -24,6 +24,7 @@ from clin_jepa.config import load_site_config
 from clin_jepa.errors import ClinJepaError, ConfigError
 from clin_jepa.federation import FederationConfig, RoundPlan, plan_round
 from server.checks import screen_replies
+from server.privacy import record_privacy
 from server.state import ServerState, resume_state, save_round, truncate_metrics
 from server.stats_round import query_sites
 from server.strategy import ClinJepaFedAvg, wrap_for_privacy
@@ -134,6 +135,7 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
             "updated": aggregated is not None, "accepted": len(screened.accepted),
             "aggregate": dict(agg_metrics) if agg_metrics is not None else {},
             "target_gap": state.target_gap(), "sites": sites, "round_time_s": time.perf_counter() - t0}
+    record_privacy(outer, line, state.accountants)
     save_round(state, out_dir, plan.global_step + plan.local_steps, plan.phase, line,
                sorted(strategy.site_nodes.values()))
     log(INFO, "Round %d (%s): loss %.4f, %d/%d sites accepted, %.1f s", plan.round, plan.phase,

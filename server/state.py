@@ -51,6 +51,7 @@ class ServerState:
     groups: dict[str, dict[str, np.ndarray]]
     round: int = 0
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    accountants: dict[str, Any] = field(default_factory=dict)  # privacy accounting (server.privacy)
 
     @classmethod
     def initial(cls, cfg: FederationConfig, disc: Discretization) -> ServerState:
@@ -95,6 +96,7 @@ class ServerState:
                           discretization=self.disc.to_dict(), tasks=[t.name for t in load_tasks()],
                           step=step, round=self.round, phase=phase,
                           metrics=metrics, extra={"federation": self.cfg.to_dict(), "run_id": self.run_id,
+                                                  "accountants": self.accountants,
                                                   "sites": sites})
 
 
@@ -160,7 +162,8 @@ def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
     disc = Discretization.from_dict(ckpt.discretization)
     groups = {g: {k: v.numpy() for k, v in ckpt.weights[g].items()} for g in GROUPS}
     return ServerState(cfg, disc, ckpt.model_config, groups, round=ckpt.round,
-                       run_id=str(ckpt.extra.get("run_id", secrets.token_hex(8))))
+                       run_id=str(ckpt.extra.get("run_id", secrets.token_hex(8))),
+                       accountants=dict(ckpt.extra.get("accountants") or {}))
 
 
 def _kebab_list(names: list[str]) -> list[str]:

@@ -19,8 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from clin_jepa.errors import ConfigError
 from clin_jepa.federation import FederationConfig, pack_arrays, plan_round
+from server.privacy import CLIENT_LEVEL, wrap_central_dp
 from server.state import ServerState
 
 FROZEN_KEY = "frozen-groups"
@@ -64,18 +64,10 @@ class ClinJepaFedAvg(FedAvg):
 def wrap_for_privacy(strategy: ClinJepaFedAvg, cfg: FederationConfig) -> Strategy:
     """The strategy the round loop calls: ``strategy`` itself unless central DP is switched on.
 
-    Central DP wrappers are Flower's own (``DifferentialPrivacy*FixedClipping``); they wrap this strategy
-    unchanged because ``aggregate_train`` is FedAvg's.
+    Central DP wrappers are Flower's own (``DifferentialPrivacy*FixedClipping``, with Flower's accountant;
+    see ``server.privacy``); they wrap this strategy unchanged because ``aggregate_train`` is FedAvg's.
     """
     if cfg.dp_central == "off":
         return strategy
-    from flwr.serverapp.strategy import (
-        DifferentialPrivacyClientSideFixedClipping,
-        DifferentialPrivacyServerSideFixedClipping,
-    )
-
-    if cfg.dp_noise_multiplier < 0 or cfg.dp_clipping_norm <= 0:
-        raise ConfigError("run config dp-noise-multiplier must be >= 0 and dp-clipping-norm > 0")
-    wrapper = (DifferentialPrivacyClientSideFixedClipping if cfg.dp_central == "client-fixed"
-               else DifferentialPrivacyServerSideFixedClipping)
-    return wrapper(strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, len(strategy.site_nodes))
+    return wrap_central_dp(strategy, cfg, len(strategy.site_nodes),
+                           strategy.state.accountants.get(CLIENT_LEVEL))
