@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clin_jepa.data.dataset import make_loader
+from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.evaluation.drift import autoregressive_rollout, layer_norm
 
 
@@ -28,38 +30,21 @@ class Encoded:
     rollout: np.ndarray | None  # (N, H, D) predictor rollout from the prediction time, or None if not asked
 
 
-def _batches(arrays: dict[str, np.ndarray], batch_size: int, device: torch.device):  # noqa: ANN202
-    n = len(next(iter(arrays.values())))
-    t = next(iter(arrays.values())).shape[1]
-    for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
-        b = {
-            "bins": torch.as_tensor(arrays["bins"][sl].astype(np.int64), device=device),
-            "treat": torch.as_tensor(arrays["treat"][sl], dtype=torch.float32, device=device),
-            "time": torch.as_tensor(arrays["time"][sl], dtype=torch.float32, device=device),
-            "mask": torch.as_tensor(arrays["mask"][sl], device=device),
-        }
-        b["pos"] = torch.arange(t, device=device).expand(len(b["bins"]), t).contiguous()
-        yield b
-
-
 @torch.no_grad()
-def encode(model: torch.nn.Module, arrays: dict[str, np.ndarray], *, context: int, horizon: int | None,
+def encode(model: torch.nn.Module, tensors: SiteTensors, *, context: int, horizon: int | None,
            batch_size: int = 128, device: str = "cpu") -> Encoded:
-    """Target latents of every hour and, when ``horizon`` is given, the predictor's rollout.
-
-    ``arrays`` holds ``bins``, ``treat``, ``time``, ``mask`` as in ``SiteTensors``.
-    """
+    """Target latents of every hour and, when ``horizon`` is given, the predictor's rollout, in row order."""
     dev = torch.device(device)
     model = model.to(dev).eval()
     targets, rolls = [], []
-    for batch in _batches(arrays, batch_size, dev):
+    for cpu_batch in make_loader(tensors, batch_size, seed=0, shuffle=False):
+        batch = {k: v.to(dev) for k, v in cpu_batch.items()}
         targets.append(layer_norm(model.target_encoder(batch)).cpu().numpy())
         if horizon is not None:
             z_ctx = model.encoder(batch)[:, :context]
             rolls.append(autoregressive_rollout(model.predictor, z_ctx, batch, horizon).cpu().numpy())
     d = model.cfg.d_enc
-    t = arrays["bins"].shape[1]
+    t = tensors.hours
     target = np.concatenate(targets) if targets else np.zeros((0, t, d), np.float32)
     rollout = None
     if horizon is not None:

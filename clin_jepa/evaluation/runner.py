@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
 from clin_jepa.evaluation import geometry
 from clin_jepa.evaluation.baselines import GRUSettings, gru_baseline, hourly_inputs, last_value_features
@@ -49,16 +50,12 @@ class EvalSettings:
     gru: GRUSettings = field(default_factory=GRUSettings)
 
 
-def _arrays(tensors: Any) -> dict[str, np.ndarray]:
-    return {k: getattr(tensors, k) for k in ("bins", "treat", "time", "mask")}
-
-
-def evaluate_model(m: LoadedModel, train: Any, held: Any, s: EvalSettings
+def evaluate_model(m: LoadedModel, train: SiteTensors, held: SiteTensors, s: EvalSettings
                    ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Drift, geometry and probes of one checkpoint; returns its metrics and its projection for plotting."""
-    enc_held = encode(m.model, _arrays(held), context=s.context, horizon=s.horizon,
+    enc_held = encode(m.model, held, context=s.context, horizon=s.horizon,
                       batch_size=s.batch_size, device=s.device)
-    enc_train = encode(m.model, _arrays(train), context=s.context, horizon=None,
+    enc_train = encode(m.model, train, context=s.context, horizon=None,
                        batch_size=s.batch_size, device=s.device)
     horizon_slice = slice(s.context, s.context + s.horizon)
     valid = held.mask[:, horizon_slice]
@@ -80,7 +77,8 @@ def evaluate_model(m: LoadedModel, train: Any, held: Any, s: EvalSettings
     return metrics, (proj, held.mask, cohort)
 
 
-def evaluate_baselines(train: Any, tune: Any, held: Any, n_bins: int, s: EvalSettings) -> dict[str, Any]:
+def evaluate_baselines(train: SiteTensors, tune: SiteTensors, held: SiteTensors, n_bins: int,
+                       s: EvalSettings) -> dict[str, Any]:
     tasks = list(held.tasks)
     lv = [last_value_features(t.bins, t.treat, t.time, n_bins, s.context) for t in (train, held)]
     out = {"last_value_lr": {"probes": fit_linear_probes(lv[0], train.labels, lv[1], held.labels, tasks,
