@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
 
-from clin_jepa.curriculum import PHASES
+from clin_jepa.curriculum import PHASES, CurriculumConfig
 from clin_jepa.errors import ConfigError
 from clin_jepa.federation import (
     FederationConfig,
@@ -148,3 +149,44 @@ def test_screen_rejects_errors_timeouts_nan_wrong_keys_and_outliers():
     reasons = {n: r for n, (_, r) in out.problems.items()}
     assert "NaN" in reasons[4] and "keys" in reasons[5] and "shape" in reasons[6]
     assert "median" in reasons[7] and "num-examples" in reasons[8] and "boom" in reasons[9]
+
+
+def _state(tmp_path, **cfg):
+    from clin_jepa.data.stats import Discretization
+    from server.state import ServerState
+
+    disc = Discretization(("heart_rate", "sbp"), ("vasopressor",), 4,
+                          {"heart_rate": np.array([60.0, 80, 100]), "sbp": np.array([90.0, 110, 130])})
+    return ServerState.initial(FederationConfig(preset="tiny", num_rounds=5, local_steps=2,
+                                                checkpoint_dir=str(tmp_path), **cfg), disc)
+
+
+def test_server_state_moves_target_by_phase_and_resumes(tmp_path):
+    from server.state import resume_state, save_round
+
+    state = _state(tmp_path, curriculum=CurriculumConfig(fractions=(0.2,) * 5))
+    cfg = state.cfg
+    assert state.target_gap() == 0.0  # Ē starts as a copy of E
+    for rnd in range(1, 6):
+        plan = plan_round(rnd, cfg)
+        state.begin_round(plan)
+        before = {g: {k: v.copy() for k, v in s.items()} for g, s in state.groups.items()}
+        trained = {k: v + 0.01 for k, v in state.flat(plan.upload).items()}  # a stand-in for FedAvg
+        state.end_round(plan, trained)
+        e_now = state.groups["encoder"]
+        e_changed = not all(np.array_equal(before["encoder"][k], v) for k, v in e_now.items())
+        assert e_changed == (plan.phase in ("joint", "align", "sync"))
+        if plan.phase in ("joint", "align"):
+            assert 0 < state.target_gap() < 0.01 * rnd  # Ē lags E, by less than E moved in total
+        else:
+            assert state.target_gap() == 0.0  # warmup: untouched; sync: copied; finalize: E frozen
+        save_round(state, tmp_path, plan.global_step + 2, plan.phase, {"round": rnd}, ["a", "b"])
+    back = resume_state(cfg, tmp_path)
+    assert back.round == 5 and back.run_id == state.run_id
+    assert back.disc.fingerprint() == state.disc.fingerprint()
+    for g in state.groups:
+        for k, v in state.groups[g].items():
+            np.testing.assert_array_equal(back.groups[g][k], v)
+    with pytest.raises(ConfigError, match="local-steps"):
+        resume_state(dataclasses.replace(cfg, local_steps=3), tmp_path)
+    resume_state(dataclasses.replace(cfg, min_sites=1, round_timeout=5.0), tmp_path)  # not schedule: fine
