@@ -144,9 +144,9 @@ def plot_auroc(metrics: Mapping[str, Any]) -> bytes:
         ax.bar(x + i * width, [np.nan if v is None else v for v in vals], width, label=r["label"])
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xticks(x + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0.3, 1.0)
+    ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("held-out AUROC")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
