@@ -159,6 +159,22 @@ class Deployment:
         argv += ["--insecure"] if self.insecure else ["--keys", str(self.pki.node_dir(name))]
         return self._spawn(f"supernode-{name}", argv, self.env())
 
+    # -- runs ------------------------------------------------------------------------------
+    def _run_argv(self, run_config: dict[str, object]) -> list[str]:
+        items = [f"{k}={_toml_value(v)}" for k, v in run_config.items()]
+        return [str(BIN / "flwr"), "run", ".", self.federation, "--stream", "--run-config", " ".join(items)]
+
+    def start_run(self, run_config: dict[str, object]) -> Proc:
+        """`flwr run . <federation> --stream` from the repository, in the background."""
+        log = self.root / f"run-{len(self.procs)}.log"
+        fh = log.open("ab")
+        popen = subprocess.Popen(self._run_argv(run_config), stdout=fh, stderr=subprocess.STDOUT,
+                                 env=self.env(self.cli_home), cwd=REPO, start_new_session=True)
+        fh.close()
+        proc = Proc(log.stem, popen, log)
+        self.procs.append(proc)
+        return proc
+
     def online_nodes(self) -> int:
         done = self.run_cli([str(BIN / "flwr"), "supernode", "ls", self.federation, "--format", "json"],
                             timeout=60)
@@ -197,6 +213,14 @@ class Deployment:
             out += [line for line in done.stdout.splitlines()
                     if line and int(line.split()[0]) not in _zombies() | {os.getpid()}]
         return out
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | Path):
+        return f'"{value}"'
+    return str(value)
 
 
 def _zombies() -> set[int]:

@@ -2,49 +2,160 @@
 
 Every test starts the SuperLink and SuperNodes through deploy/*.sh, bounds its time, uses free
 loopback ports and temporary FLWR_HOMEs, and stops every process it started, checked with pgrep.
+The drills share one federation (SuperLink with TLS + node auth, three synthetic hospitals) to save
+start-up time; each uses its own checkpoint folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import signal
+import subprocess
+
 import pytest
-from deploy_harness import Deployment, wait_for
+from deploy_harness import BIN, Deployment, wait_for
+
+from clin_jepa.checkpoint import load_checkpoint
+from clin_jepa.curriculum import PHASES
+from clin_jepa.security.signing import verify_file
 
 pytestmark = [pytest.mark.slow]
+SITES = {"node-1": "hospital_a", "node-2": "hospital_b", "node-3": "hospital_c"}
+ROUNDS = 5  # one round per phase: the whole curriculum, compressed
+RUN_TIMEOUT = 700
 
 
-@pytest.fixture
-def deployment(tmp_path):
-    made: list[Deployment] = []
+def _sites(root):
+    done = subprocess.run([str(BIN / "clin-jepa"), "synth", "--out", str(root / "synth"), "--sites", "3",
+                           "--patients", "40", "--seed", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {node: root / "synth" / f"{site}.yaml" for node, site in SITES.items()}
 
-    def make(node_names: list[str]) -> Deployment:
-        dep = Deployment(tmp_path, node_names)
-        made.append(dep)
-        return dep
 
-    yield make
-    for dep in made:
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
+    dep = Deployment(root, list(SITES))
+    dep.site_configs = _sites(root)
+    try:
+        dep.start_superlink()
+        dep.add_federation()
+        done = dep.register(list(SITES))
+        assert done.returncode == 0, done.stdout + done.stderr
+        for node, cfg in dep.site_configs.items():
+            dep.start_supernode(node, cfg)
+        wait_for(lambda: dep.online_nodes() == 3, 120, "three SuperNodes online")
+        yield dep
+    finally:
         dep.stop_all()
-        assert dep.leftovers() == [], "processes survived the test"
+        assert dep.leftovers() == [], "processes survived the drills"
 
 
-def _site(tmp_path, name):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(f"site: {name}\n")
-    return path
+def _run_config(dep, ckpt_dir, **extra):
+    return {"num-rounds": ROUNDS, "local-steps": 1, "preset": "tiny",
+            "phase-fractions": "0.2,0.2,0.2,0.2,0.2",
+            "synth-if-missing": False, "round-timeout": 120.0, "min-sites": 2,
+            "site-configs": ",".join(str(p) for p in dep.site_configs.values()),
+            "checkpoint-dir": str(ckpt_dir), "signing-key": str(dep.pki.signing_key), **extra}
+
+
+def _lines(ckpt_dir):
+    return [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _finish(proc, timeout=RUN_TIMEOUT):
+    proc.popen.wait(timeout=timeout)
+    assert proc.popen.returncode == 0, proc.text()[-4000:]
+
+
+def _assert_signed(dep, ckpt_dir):
+    files = sorted(ckpt_dir.glob("*.pt"))
+    assert {f.name for f in files} >= {"ckpt.pt", *(f"round_{r:04d}.pt" for r in range(ROUNDS + 1))}
+    for f in files:
+        verify_file(f, dep.pki.node_signing_pub("node-1"))  # the key every hospital holds
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_curriculum_completes_with_signed_checkpoints(fed, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    _finish(fed.start_run(_run_config(fed, ckpt_dir)))
+    lines = _lines(ckpt_dir)
+    assert [line["round"] for line in lines] == list(range(ROUNDS + 1))
+    assert [line["phase"] for line in lines[1:]] == list(PHASES)
+    for line in lines[1:]:
+        assert line["accepted"] == 3 and line["updated"], line
+        assert sorted(line["sites"]) == sorted(SITES.values())
+    assert load_checkpoint(ckpt_dir / "ckpt.pt").round == ROUNDS
+    _assert_signed(fed, ckpt_dir)
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 120)
+def test_run_finishes_when_a_supernode_is_killed(fed, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    run = fed.start_run(_run_config(fed, ckpt_dir))
+    wait_for(lambda: (ckpt_dir / "round_0002.pt").exists() or not run.alive(), RUN_TIMEOUT, "round 2")
+    victim = next(p for p in fed.procs if p.name == "supernode-node-3" and p.alive())
+    fed.kill(victim, signal.SIGKILL)
+    _finish(run)
+    lines = _lines(ckpt_dir)
+    assert [line["round"] for line in lines] == list(range(ROUNDS + 1))
+    assert lines[-1]["phase"] == PHASES[-1] and lines[-1]["accepted"] == 2 and lines[-1]["updated"]
+    assert "hospital_c" not in {s for s, v in lines[-1]["sites"].items() if v.get("status") == "ok"}
+    assert load_checkpoint(ckpt_dir / "ckpt.pt").round == ROUNDS
+    _assert_signed(fed, ckpt_dir)
+    # Bring the hospital back for the next drill (it reconnects with the same registered key).
+    fed.start_supernode("node-3", fed.site_configs["node-3"])
+    wait_for(lambda: fed.online_nodes() == 3, 120, "node-3 back online")
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 180)
+def test_superlink_crash_then_resume_from_last_checkpoint(fed, tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    run = fed.start_run(_run_config(fed, ckpt_dir))
+    wait_for(lambda: (ckpt_dir / "round_0002.pt").exists() or not run.alive(), RUN_TIMEOUT, "round 2")
+    superlink = next(p for p in fed.procs if p.name == "superlink" and p.alive())
+    fed.kill(superlink, signal.SIGKILL)  # SuperLink, its SuperExec and the ServerApp, at once
+    wait_for(lambda: not run.alive(), 60, "`flwr run` to notice the SuperLink is gone")
+    before = load_checkpoint(ckpt_dir / "ckpt.pt").round
+    assert 2 <= before < ROUNDS, "the crash must happen mid-run"
+    kept = {r: _digest(ckpt_dir / f"round_{r:04d}.pt") for r in range(before + 1)}
+
+    fed.start_superlink()  # same --state: registrations survive; SuperNodes reconnect by themselves
+    wait_for(lambda: fed.online_nodes() == 3, 180, "SuperNodes to reconnect")
+    resumed = fed.start_run(_run_config(fed, ckpt_dir, **{"resume-from": str(ckpt_dir)}))
+    _finish(resumed)
+    assert f"Resuming after round {before}" in resumed.text()
+    lines = _lines(ckpt_dir)
+    assert [line["round"] for line in lines] == list(range(ROUNDS + 1))
+    assert [line["phase"] for line in lines[1:]] == list(PHASES)
+    assert {r: _digest(ckpt_dir / f"round_{r:04d}.pt") for r in range(before + 1)} == kept
+    assert load_checkpoint(ckpt_dir / "ckpt.pt").round == ROUNDS
+    _assert_signed(fed, ckpt_dir)
 
 
 @pytest.mark.timeout(180)
-def test_unregistered_supernode_is_refused(deployment, tmp_path):
-    dep = deployment(["node-1", "node-2"])
-    dep.start_superlink()
-    dep.add_federation()
-    registered = dep.register(["node-1"])
-    assert registered.returncode == 0, registered.stdout + registered.stderr
-    good = dep.start_supernode("node-1", _site(tmp_path, "a"))
-    intruder = dep.start_supernode("node-2", _site(tmp_path, "b"))
-    intruder.popen.wait(timeout=90)
-    assert intruder.popen.returncode != 0
-    assert "Failed to activate SuperNode" in intruder.text()
-    wait_for(lambda: dep.online_nodes() == 1, 60, "the registered SuperNode to be online")
-    assert good.alive()
-    assert "Activated node_id" in dep.procs[0].text()
+def test_unregistered_supernode_is_refused(tmp_path):
+    dep = Deployment(tmp_path, ["node-1", "node-2"])
+    site = tmp_path / "site.yaml"
+    site.write_text("site: a\n")
+    try:
+        dep.start_superlink()
+        dep.add_federation()
+        registered = dep.register(["node-1"])
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        good = dep.start_supernode("node-1", site)
+        intruder = dep.start_supernode("node-2", site)
+        intruder.popen.wait(timeout=90)
+        assert intruder.popen.returncode != 0
+        assert "Failed to activate SuperNode" in intruder.text()
+        wait_for(lambda: dep.online_nodes() == 1, 60, "the registered SuperNode to be online")
+        assert good.alive()
+        assert "Activated node_id" in dep.procs[0].text()
+    finally:
+        dep.stop_all()
+        assert dep.leftovers() == [], "processes survived the test"
