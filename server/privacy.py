@@ -17,7 +17,8 @@ the client-level accountant is restored from it on resume, so ε continues inste
 
 from __future__ import annotations
 
-from logging import WARNING
+import json
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import Message
@@ -103,3 +104,4 @@ def record_privacy(outer: Strategy, line: dict[str, Any], accountants: dict[str,
                                      "clipping_norm": outer.clipping_norm}
     if privacy:
         line["privacy"] = privacy
+        log(INFO, "Round %s privacy: %s", line["round"], json.dumps(privacy, sort_keys=True))
