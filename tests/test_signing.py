@@ -107,3 +107,19 @@ def test_sign_command(keys, ckpt, capsys):
     assert "signature valid" in capsys.readouterr().out
     assert main(["sign", str(ckpt), "--verify", "--key", str(b.signing_pub)]) == 2
     assert "refusing to load" in capsys.readouterr().err.lower()
+
+
+def test_evaluate_refuses_unsigned_or_tampered_checkpoint_before_loading(keys, ckpt, tmp_path, capsys):
+    """`clin-jepa evaluate --public-key` checks CKPT.sig first (the file here is not even a checkpoint)."""
+    a, _ = keys
+    site = tmp_path / "site.yaml"
+    site.write_text("site: a\n")
+    argv = ["evaluate", str(ckpt), "--sites", str(site), "--out", str(tmp_path / "report"),
+            "--public-key", str(a.signing_pub), "--quiet"]
+    assert main(argv) == 2
+    assert "unsigned" in capsys.readouterr().err
+    sign_file(ckpt, a.signing_key)
+    ckpt.write_bytes(ckpt.read_bytes() + b"x")
+    assert main(argv) == 2
+    assert "failed signature verification" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
