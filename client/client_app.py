@@ -62,6 +62,8 @@ def train(msg: Message, context: Context) -> Message:
     trains = tuple(str(config["trains"]).split(","))
     sent = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     groups = split_groups({**sent, **unpack_arrays(bytes(config["frozen-groups"]))})
+    if config.get("target-is-encoder", False):
+        groups["target_encoder"] = groups["encoder"]
     phase = Phase(str(config["phase"]), int(config["phase-index"]), "encoder" in trains,
                   "predictor" in trains, 1.0, 0, 0)
     step0, n_steps = int(config["global-step"]), int(config["local-steps"])

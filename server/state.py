@@ -84,6 +84,10 @@ class ServerState:
                                                            self.groups["encoder"], plan.momentum)
         self.round = plan.round
 
+    def target_equals_encoder(self) -> bool:
+        encoder = self.groups["encoder"]
+        return all(np.array_equal(encoder[k], t) for k, t in self.groups["target_encoder"].items())
+
     def target_gap(self) -> float:
         """Max |E - Ē| over all parameters (0 exactly after a hard sync)."""
         return max(float(np.max(np.abs(self.groups["encoder"][k] - t)))

@@ -7,7 +7,9 @@ accountant require exactly that method); the phase logic lives in ``configure_tr
   clients return exactly these keys, which is also what Flower's clipping mods and wrappers expect;
 * the ConfigRecord carries the plan (phase, global step, lr, momentum, ...), the shared discretization
   (JSON) and the read-only groups (frozen ``E`` and the target ``Ē``) as one ``.npz`` blob under
-  ``frozen-groups`` — a second ArrayRecord would break Flower's client-side clipping mods.
+  ``frozen-groups`` — a second ArrayRecord would break Flower's client-side clipping mods. When ``Ē``
+  equals ``E`` bitwise (warmup, and from the hard sync on) it is not sent: ``target-is-encoder`` says
+  so and the client copies ``E``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from clin_jepa.federation import FederationConfig, pack_arrays, plan_round
+from clin_jepa.federation import TARGET, FederationConfig, pack_arrays, plan_round
 from server.privacy import CLIENT_LEVEL, wrap_central_dp
 from server.state import ServerState
 
 FROZEN_KEY = "frozen-groups"
+TARGET_IS_ENCODER = "target-is-encoder"
 
 
 class ClinJepaFedAvg(FedAvg):
@@ -40,7 +43,10 @@ class ClinJepaFedAvg(FedAvg):
     def round_config(self, server_round: int) -> ConfigRecord:
         """Everything but the trained arrays that a client needs to run round ``server_round``."""
         plan = plan_round(server_round, self.cfg)
-        frozen = pack_arrays(self.state.flat(plan.frozen))
+        # Ē equals E bitwise in warmup and from the hard sync on: send it once, as E, and say so.
+        target_is_encoder = self.state.target_equals_encoder()
+        read_only = tuple(g for g in plan.frozen if not (g == TARGET and target_is_encoder))
+        frozen = pack_arrays(self.state.flat(read_only))
         self.last_frozen_bytes = len(frozen)
         return ConfigRecord({
             "server-round": server_round, "phase": plan.phase, "phase-index": plan.phase_index,
@@ -49,6 +55,7 @@ class ClinJepaFedAvg(FedAvg):
             "trains": ",".join(plan.upload),
             "run-id": self.state.run_id, "discretization": json.dumps(self.state.disc.to_dict()),
             "model-config": json.dumps(self.state.model_cfg.to_dict()), FROZEN_KEY: frozen,
+            TARGET_IS_ENCODER: target_is_encoder,
         })
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -83,6 +83,9 @@ def test_three_sites_walk_the_curriculum(tmp_path, flower):
     # only P travels up in warmup/finalize, E and P in joint/align/sync
     up = {ln["phase"]: ln["sites"]["site0"]["bytes_up"] for ln in lines[1:]}
     assert up["warmup"] == up["finalize"] < up["joint"] == up["align"] == up["sync"]
+    # Ē is sent only while it differs from E (joint, align): otherwise the client copies E
+    down = {ln["phase"]: ln["sites"]["site0"]["bytes_down"] for ln in lines[1:]}
+    assert down["warmup"] == down["finalize"] < down["sync"] < down["joint"] == down["align"]
     # the target encoder: = E during warmup, an EMA that lags E in joint/align, = E from the sync on
     gap = {ln["phase"]: ln["target_gap"] for ln in lines[1:]}
     assert gap["warmup"] == 0 and gap["joint"] > 0 and gap["align"] > 0
