@@ -85,7 +85,8 @@ def test_three_sites_walk_the_curriculum(tmp_path, flower):
     assert up["warmup"] == up["finalize"] < up["joint"] == up["align"] == up["sync"]
     # Ē is sent only while it differs from E (joint, align): otherwise the client copies E
     down = {ln["phase"]: ln["sites"]["site0"]["bytes_down"] for ln in lines[1:]}
-    assert down["warmup"] == down["finalize"] < down["sync"] < down["joint"] == down["align"]
+    assert down["warmup"] == down["finalize"] and down["joint"] == down["align"]
+    assert max(down["warmup"], down["sync"]) < down["joint"]
     # the target encoder: = E during warmup, an EMA that lags E in joint/align, = E from the sync on
     gap = {ln["phase"]: ln["target_gap"] for ln in lines[1:]}
     assert gap["warmup"] == 0 and gap["joint"] > 0 and gap["align"] > 0
