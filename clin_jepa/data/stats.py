@@ -94,7 +94,8 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
     """Histograms of the train split's canonical values, streamed shard by shard.
 
     Counts every mapped, timed event of train subjects (not only those inside stays), so the edges do
-    not depend on the stay definition; ``n_stays`` counts eligible stays of train subjects.
+    not depend on the stay definition; ``n_subjects`` counts train subjects with at least one timed
+    event, ``n_stays`` their eligible stays.
     """
     splits = read_splits(cfg.data_path)
     train_ids = np.array(sorted(s for s, code in splits.items() if code == SPLIT_CODE["train"]), np.int64)
@@ -102,9 +103,14 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
     out = SiteStatistics.empty()
     for shard in iter_shards(cfg.data_path):
         h = harmonize(shard, mapper)
-        train = np.isin(shard.subject, train_ids) & (shard.time != NAT)
+        # split membership is looked up once per run of equal subject_id (MEDS keeps subjects together)
+        run = np.flatnonzero(np.r_[True, shard.subject[1:] != shard.subject[:-1]])
+        in_train = np.isin(shard.subject[run], train_ids)
+        timed = shard.time != NAT
+        train = np.flatnonzero(np.repeat(in_train, np.diff(np.r_[run, len(shard)])) & timed)
         out.add_values(h.concept[train], h.value[train])
-        out.n_subjects += len(np.unique(shard.subject[train]))
+        timed_run = np.add.reduceat(timed, run) > 0 if len(run) else np.zeros(0, bool)
+        out.n_subjects += len(np.unique(shard.subject[run][in_train & timed_run]))
         stays = find_stays(h)
         out.n_stays += int((stays.eligible & np.isin(stays.subject, train_ids)).sum())
     return out
