@@ -21,16 +21,18 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from opacus.grad_sample import GradSampleHooks, GradSampleHooksFastGradientClipping
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
 from clin_jepa.curriculum import Phase
 from clin_jepa.errors import ConfigError
 from clin_jepa.models import ClinJEPA
+
+if TYPE_CHECKING:  # Opacus is imported where DP runs: it doubles the import time of every ClientApp process
+    from opacus.grad_sample import GradSampleHooks
+    from opacus.optimizers import DPOptimizer
 
 GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 
@@ -60,6 +62,8 @@ class OpacusHook:
             self._empty_batch()
             return
         if self.mode == "ghost":
+            from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
             # Two passes: per-sample gradient norms (no per-sample gradients held), then the clipped sum.
             DPTensorFastGradientClipping(self.hooks, self.optimizer, per_sample_loss, "mean").backward()
         else:
@@ -104,6 +108,9 @@ def private_training(model: ClinJEPA, optimizer: torch.optim.Optimizer, phase: P
     sampling at rate ``expected_batch_size / N``. The phase must stay the same inside the block (the
     hooks are attached to the modules trainable when it starts).
     """
+    from opacus.grad_sample import GradSampleHooks, GradSampleHooksFastGradientClipping
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
     if mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"DP grad-sample mode {mode!r} is not one of {list(GRAD_SAMPLE_MODES)}")
     if noise_multiplier < 0 or max_grad_norm <= 0 or expected_batch_size < 1:

@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opacus.accountants import create_accountant
-
 from clin_jepa.errors import ConfigError, PrivacyBudgetExceeded
 from clin_jepa.io import atomic_write_text
 from clin_jepa.privacy.planning import DPSettings, plan_noise_multiplier
@@ -47,6 +45,8 @@ def compute_epsilon(history: History, delta: float, accountant: str = "rdp") -> 
     """ε of a history at ``delta`` with an Opacus accountant (0 for an empty history)."""
     if not history:
         return 0.0
+    from opacus.accountants import create_accountant  # lazily: see clin_jepa.privacy.engine
+
     acc = create_accountant(mechanism=accountant)
     acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
     return float(acc.get_epsilon(delta=delta))

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opacus.accountants.utils import get_noise_multiplier
-
 from clin_jepa.config import PrivacyConfig
 from clin_jepa.errors import ConfigError, PrivacyBudgetExceeded
 from clin_jepa.privacy.engine import GRAD_SAMPLE_MODES
@@ -106,6 +104,8 @@ def plan_noise_multiplier(settings: DPSettings, rate: float, planned_steps: int)
         return float(settings.noise_multiplier)
     if planned_steps < 1:
         raise ConfigError(f"DP plan needs >= 1 planned step, got {planned_steps}")
+    from opacus.accountants.utils import get_noise_multiplier  # lazily: see clin_jepa.privacy.engine
+
     try:
         return float(get_noise_multiplier(target_epsilon=settings.target_epsilon, target_delta=settings.delta,
                                           sample_rate=rate, steps=planned_steps,
