@@ -28,6 +28,7 @@ from clin_jepa.data.stats import Discretization
 from clin_jepa.federation import FederationConfig, split_groups, unpack_arrays
 from clin_jepa.models import ModelConfig
 from clin_jepa.privacy import BudgetExhausted
+from clin_jepa.security.disclosure import min_patients_from, suppress_small_aggregates
 
 app = ClientApp()
 
@@ -82,6 +83,9 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"site {site.name}: trained keys differ from the keys the server sent")
     reply = _inject_fault(fed, site.name, rnd, "after", reply) or reply
     metrics["client-time-s"] = time.perf_counter() - t0
+    # No aggregate over fewer than the hospital's min-patients leaves the site (node config).
+    n_patients = len(np.unique(site.train_tensors(disc, fed.hours).subject_id))
+    metrics = suppress_small_aggregates(metrics, n_patients, min_patients_from(context.node_config))
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(reply[k])) for k in sent})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -7,11 +7,12 @@ import pytest
 from clin_jepa.errors import ConfigError
 from clin_jepa.security.disclosure import DEFAULT_MIN_PATIENTS, min_patients_from, suppress_small_aggregates
 
-METRICS = {"num-examples": 64.0, "loss": 1.7, "monitor-eff_rank": 12.0}
+METRICS = {"num-examples": 64.0, "loss": 1.7, "monitor-eff_rank": 12.0, "dp-epsilon": 0.8}
+KEPT = {"num-examples", "dp-epsilon"}
 
 
 @pytest.mark.parametrize(("n", "k", "kept"), [(10, 10, set(METRICS)), (50, 10, set(METRICS)),
-                                              (9, 10, {"num-examples"}), (0, 1, {"num-examples"})])
+                                              (9, 10, KEPT), (0, 1, KEPT)])
 def test_suppression_threshold(n, k, kept):
     out = suppress_small_aggregates(METRICS, n, k)
     assert set(out) == kept

@@ -110,3 +110,13 @@ def test_every_reply_carries_only_allowlisted_arrays_and_metrics(site):
         state.end_round(plan, back)
         seen_phases.append(plan.phase)
     assert seen_phases == list(PHASES)
+
+    # The same round at a hospital whose threshold exceeds its patient count: only the weight leaves.
+    strict = Context(run_id=1, node_id=NODE, node_config={"site-config": str(site), "min-patients": 10**6},
+                     state=RecordDict(), run_config=run_config)
+    plan = plan_round(1, cfg)
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state.flat(plan.upload).items()}),
+                          "config": strategy.round_config(1)})
+    reply = app(_message(content, "train", 1), strict)
+    _check_records(reply, TRAIN_RECORDS, "suppressed reply")
+    assert set(reply.content["metrics"]) == {"num-examples"}
