@@ -14,7 +14,8 @@ from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
@@ -22,7 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from clin_jepa.cli import main as clin_jepa_cli
 from clin_jepa.config import load_site_config
 from clin_jepa.errors import ClinJepaError, ConfigError
-from clin_jepa.federation import FederationConfig, RoundPlan, plan_round
+from clin_jepa.federation import FederationConfig, RoundPlan, decode_reply, plan_round
 from server.checks import screen_replies
 from server.privacy import record_privacy
 from server.state import ServerState, resume_state, save_round, truncate_metrics
@@ -92,6 +93,16 @@ def _nbytes(record: ArrayRecord) -> int:
     return sum(len(a.data) for a in record.values())
 
 
+def decode_updates(msg: Message, sent: dict[str, np.ndarray]) -> None:
+    """Turn a reduced-precision reply (``transport-dtype``) back into float32 weights in place, before the
+    screen and FedAvg see it; error replies and arrays that do not match what was sent stay as they are."""
+    if msg.has_error():
+        return
+    for name, record in list(msg.content.array_records.items()):
+        decoded = decode_reply({k: a.numpy() for k, a in record.items()}, sent)
+        msg.content[name] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in decoded.items()})
+
+
 def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: ClinJepaFedAvg,
               outer: Strategy, plan: RoundPlan, out_dir: Path) -> dict[str, Any]:
     """One training round; returns (and logs) its metrics line."""
@@ -103,14 +114,19 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
     asked = {m.metadata.dst_node_id for m in messages}
     down = _nbytes(arrays) + strategy.last_frozen_bytes
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    up_bytes = {m.metadata.src_node_id: sum(_nbytes(r) for r in m.content.array_records.values())
+                for m in replies if not m.has_error()}
+    if cfg.transport_dtype != "float32":
+        for msg in replies:
+            decode_updates(msg, sent)
     screened = screen_replies(replies, asked, sent, cfg.max_norm_ratio)
     sites: dict[str, dict[str, Any]] = {}
     for msg in replies:
         node = msg.metadata.src_node_id
         if not msg.has_error():
             metrics = {k: v for mr in msg.content.metric_records.values() for k, v in mr.items()}
-            up = sum(_nbytes(r) for r in msg.content.array_records.values())
-            sites[strategy.site_nodes.get(node, str(node))] = {"status": "ok", "bytes_up": up, **metrics}
+            sites[strategy.site_nodes.get(node, str(node))] = {"status": "ok", "bytes_up": up_bytes[node],
+                                                               **metrics}
     for node, (status, reason) in screened.problems.items():
         name = strategy.site_nodes.get(node, str(node))
         sites.setdefault(name, {}).update(status=status, reason=reason)

@@ -22,6 +22,8 @@ from clin_jepa.federation import FederationConfig
 QUERY = "query.statistics"
 # How long to wait for the expected number of nodes to connect before starting with those present.
 CONNECT_GRACE_S = 30.0
+# The first contact with a site starts its worker and reads all its data: never wait less than this.
+MIN_STATS_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -59,7 +61,8 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
     content = RecordDict({"config": ConfigRecord({"what": what})})
     messages = [Message(content, dst_node_id=n, message_type=QUERY) for n in nodes]
     roster = SiteRoster()
-    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=cfg.round_timeout)}
+    timeout = max(cfg.round_timeout, MIN_STATS_TIMEOUT_S)
+    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=timeout)}
     for node in nodes:
         msg = replies.get(node)
         if msg is None:

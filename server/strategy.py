@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from clin_jepa.federation import TARGET, FederationConfig, pack_arrays, plan_round
+from clin_jepa.federation import TARGET, FederationConfig, pack_arrays, plan_round, sample_sites
 from server.privacy import CLIENT_LEVEL, wrap_central_dp
 from server.state import ServerState
 
@@ -60,10 +60,10 @@ class ClinJepaFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """One message per connected site node; ``config`` entries (e.g. a DP wrapper's clipping norm)
-        are kept and the round's plan is added."""
+        """One message per connected site node sampled for the round (``fraction-train``); ``config``
+        entries (e.g. a DP wrapper's clipping norm) are kept and the round's plan is added."""
         merged = ConfigRecord({**dict(config), **dict(self.round_config(server_round))})
-        nodes = [n for n in grid.get_node_ids() if n in self.site_nodes]
+        nodes = sample_sites([n for n in grid.get_node_ids() if n in self.site_nodes], server_round, self.cfg)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: merged})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
 

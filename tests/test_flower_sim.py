@@ -58,7 +58,8 @@ def flower(tmp_path):
 
 
 def check_run(proc) -> None:
-    assert proc.returncode == 0, proc.stdout[-4000:]
+    # `flwr run --stream` exits 0 even when the ServerApp raised: look for the app's last log line too
+    assert proc.returncode == 0 and "Final checkpoint" in proc.stdout, proc.stdout[-6000:]
 
 
 def test_three_sites_walk_the_curriculum(tmp_path, flower):
@@ -84,9 +85,9 @@ def test_three_sites_walk_the_curriculum(tmp_path, flower):
     up = {ln["phase"]: ln["sites"]["site0"]["bytes_up"] for ln in lines[1:]}
     assert up["warmup"] == up["finalize"] < up["joint"] == up["align"] == up["sync"]
     # Ē is sent only while it differs from E (joint, align): otherwise the client copies E
+    # (with one round per phase only the align round starts with Ē != E)
     down = {ln["phase"]: ln["sites"]["site0"]["bytes_down"] for ln in lines[1:]}
-    assert down["warmup"] == down["finalize"] and down["joint"] == down["align"]
-    assert max(down["warmup"], down["sync"]) < down["joint"]
+    assert down["warmup"] == down["finalize"] and max(down.values()) == down["align"] > down["joint"]
     # the target encoder: = E during warmup, an EMA that lags E in joint/align, = E from the sync on
     gap = {ln["phase"]: ln["target_gap"] for ln in lines[1:]}
     assert gap["warmup"] == 0 and gap["joint"] > 0 and gap["align"] > 0
