@@ -25,7 +25,7 @@ from client.privacy import budget_exhausted_reply, central_dp_metrics, clip_if_a
 from client.site import ServerSchedule, Site, get_site, site_config_path
 from clin_jepa.curriculum import Phase
 from clin_jepa.data.stats import Discretization
-from clin_jepa.federation import FederationConfig, split_groups, unpack_arrays
+from clin_jepa.federation import FederationConfig, encode_reply, split_groups, unpack_arrays
 from clin_jepa.models import ModelConfig
 from clin_jepa.privacy import BudgetExhausted
 from clin_jepa.security.disclosure import min_patients_from, suppress_small_aggregates
@@ -82,6 +82,7 @@ def train(msg: Message, context: Context) -> Message:
     if set(reply) != set(sent):
         raise RuntimeError(f"site {site.name}: trained keys differ from the keys the server sent")
     reply = _inject_fault(fed, site.name, rnd, "after", reply) or reply
+    reply = encode_reply(reply, sent, fed.transport_dtype)
     metrics["client-time-s"] = time.perf_counter() - t0
     # No aggregate over fewer than the hospital's min-patients leaves the site (node config).
     n_patients = len(np.unique(site.train_tensors(disc, fed.hours).subject_id))

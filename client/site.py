@@ -30,6 +30,7 @@ from clin_jepa.data.dataset import infinite_batches
 from clin_jepa.data.stats import Discretization, SiteStatistics, compute_site_statistics
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
+from clin_jepa.device import compile_modules, resolve_device
 from clin_jepa.errors import ConfigError
 from clin_jepa.federation import FederationConfig
 from clin_jepa.io import atomic_write_bytes
@@ -84,7 +85,7 @@ class Site:
     stamp: int = 0
     _stats: SiteStatistics | None = None
     _tensors: dict[tuple[str, int], SiteTensors] = field(default_factory=dict)
-    _model: tuple[ModelConfig, ClinJEPA] | None = None
+    _model: tuple[tuple[ModelConfig, torch.device, bool], ClinJEPA] | None = None
     _optim: tuple[str, int, torch.optim.Optimizer] | None = None
 
     @property
@@ -102,9 +103,22 @@ class Site:
             self._tensors = {key: build_site_tensors(self.cfg, disc, load_tasks(), hours).subset("train")}
         return self._tensors[key]
 
-    def model(self, model_cfg: ModelConfig) -> ClinJEPA:
-        if self._model is None or self._model[0] != model_cfg:
-            self._model = (model_cfg, ClinJEPA(model_cfg))
+    def device(self, fed: FederationConfig) -> torch.device:
+        """The run config's ``device`` when set, else this site's ``training.device``; a ConfigError
+        (a Flower error reply, logged by the server) when it asks for CUDA this worker cannot see."""
+        if fed.device:
+            return resolve_device(fed.device, "run config device")
+        return resolve_device(self.cfg.device, f"site {self.name}: training.device")
+
+    def model(self, model_cfg: ModelConfig, fed: FederationConfig) -> ClinJEPA:
+        """The site's model on its device, built (and compiled, with run config ``compile``) once and
+        reused every round: each round only loads the server's groups into it."""
+        key = (model_cfg, self.device(fed), fed.compile)
+        if self._model is None or self._model[0] != key:
+            model = ClinJEPA(model_cfg).to(key[1])
+            if fed.compile:
+                compile_modules(model.groups())
+            self._model = (key, model)
             self._optim = None
         return self._model[1]
 
@@ -136,7 +150,8 @@ class Site:
                     ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
         """Load the server's groups, run ``n_steps`` local steps, return the trained groups and metrics."""
         tensors = self.train_tensors(disc, fed.hours)
-        model = self.model(model_cfg)
+        model = self.model(model_cfg, fed)
+        device = self.device(fed)
         for g, state in groups.items():
             set_group_state(model, g, {k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         opt = self.optimizer(model, fed.curriculum, run_id, rnd)
@@ -145,11 +160,11 @@ class Site:
         dp = site_dp(self.cfg, fed)
         if dp is not None:  # sample-level DP: Poisson batches, Opacus, the site's ledger; no losses reported
             metrics = train_round_with_dp(self.cfg, dp, model, opt, tensors, schedule, schedule.step0,
-                                          n_steps, fed, run_id, rnd, batch_size, _device(self.cfg.device))
+                                          n_steps, fed, run_id, rnd, batch_size, device)
         else:
             batches = infinite_batches(tensors, batch_size, fed.seed, start_step=schedule.step0)
             metrics, _ = train_steps(model, batches, opt, schedule, schedule.step0, n_steps,
-                                     device=_device(self.cfg.device), log_every=n_steps,
+                                     device=device, log_every=n_steps,
                                      on_log=lambda _s, m: monitors.update(m))
         self.keep_optimizer(opt, run_id, rnd)
         trained = {g: {k: v.numpy() for k, v in get_group_state(model, g).items()}
@@ -162,8 +177,3 @@ class Site:
         out["train-rows"] = len(tensors)
         return trained, out
 
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from clin_jepa.errors import ConfigError
 from clin_jepa.privacy.planning import RunDPOverrides
 
 FAULT_KINDS = ("raise", "nan", "scale", "sleep")
+TRANSPORT_DTYPES = ("float32", "float16")
 DP_CENTRAL = ("off", "client-fixed", "server-fixed")
 
 # The groups a client needs to run a phase, besides the ones it trains: E gives the context inputs when it
@@ -70,6 +72,10 @@ class FederationConfig:
     stop_after: int = 0
     inject_faults: str = ""
     signing_key: str = ""  # coordinator/signing.key: sign checkpoints, verify resume-from; "" = unsigned
+    fraction_train: float = 1.0  # share of the site nodes trained per round (never fewer than min-sites)
+    transport_dtype: str = "float32"  # float16: replies carry the round's update (trained - received) in fp16
+    device: str = ""  # "" = each site's training.device; cpu | cuda | auto overrides it at every site
+    compile: bool = False  # torch.compile the networks at the sites
 
     def __post_init__(self) -> None:
         for name in ("num_rounds", "local_steps", "min_sites", "n_bins", "hours"):
@@ -93,6 +99,17 @@ class FederationConfig:
             raise ConfigError(f"run config dp-central: {self.dp_central!r} is not one of {list(DP_CENTRAL)}")
         if not 0 < self.dp_central_delta < 1:
             raise ConfigError(f"run config dp-central-delta: must be in (0, 1), got {self.dp_central_delta}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"run config fraction-train: must be in (0, 1], got {self.fraction_train}")
+        if self.transport_dtype not in TRANSPORT_DTYPES:
+            raise ConfigError(f"run config transport-dtype: {self.transport_dtype!r} is not one of "
+                              f"{list(TRANSPORT_DTYPES)}")
+        if self.transport_dtype != "float32" and self.dp_central == "client-fixed":
+            raise ConfigError("run config transport-dtype: float16 replies carry updates, which Flower's "
+                              "client-side clipping mod cannot clip; use dp-central server-fixed or float32")
+        if self.device not in ("", "cpu", "cuda", "auto"):
+            raise ConfigError(f"run config device: {self.device!r} is not one of '', cpu, cuda, auto "
+                              "('' = each site's training.device)")
         self.dp_sample()  # validates the sample-level DP keys
         self.faults()  # validates the spec
 
@@ -324,3 +341,41 @@ def split_groups(flat: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarr
 
 def join_groups(groups: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {f"{g}.{k}": v for g, state in groups.items() for k, v in state.items()}
+
+
+def encode_reply(trained: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray],
+                 dtype: str) -> dict[str, np.ndarray]:
+    """What a site uploads for ``transport-dtype``: the trained arrays themselves (float32), or the
+    round's update ``trained - received`` in float16 (half the bytes; an update is small, so float16's
+    11-bit mantissa keeps it to ~5e-4 relative, where casting the weights would swamp a round's update)."""
+    if dtype == "float32":
+        return dict(trained)
+    return {k: (np.asarray(v, np.float32) - np.asarray(received[k], np.float32)).astype(np.float16)
+            if np.issubdtype(np.asarray(v).dtype, np.floating) else np.asarray(v)
+            for k, v in trained.items()}
+
+
+def decode_reply(reply: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The server's inverse of :func:`encode_reply`: a float16 array whose name and shape match a sent
+    float32 array is an update and becomes ``sent + update`` (float32); anything else is returned as is,
+    so the reply screen still rejects what does not fit."""
+    out = {}
+    for k, v in reply.items():
+        ref = sent.get(k)
+        if v.dtype == np.float16 and ref is not None and ref.dtype == np.float32 and ref.shape == v.shape:
+            out[k] = ref + v.astype(np.float32)
+        else:
+            out[k] = v
+    return out
+
+
+def sample_sites(nodes: list[int], rnd: int, cfg: FederationConfig) -> list[int]:
+    """The nodes trained in round ``rnd``: all of them at ``fraction-train = 1``, else a uniform sample of
+    ``max(min-sites, ceil(fraction x n))`` (at most n). Deterministic in (seed, round, node ids), so a
+    resumed server asks the same sites as the uninterrupted run would."""
+    nodes = sorted(nodes)
+    k = min(len(nodes), max(cfg.min_sites, math.ceil(cfg.fraction_train * len(nodes))))
+    if k >= len(nodes):
+        return nodes
+    rng = np.random.default_rng([cfg.seed, rnd])
+    return sorted(int(n) for n in rng.choice(np.array(nodes, dtype=np.int64), size=k, replace=False))
