@@ -1,0 +1,112 @@
+"""Federated-learning overhead: wall time of a `flwr run` simulation of 3 hospitals ÷ the centralized
+trainer doing the same number of optimizer steps on the same data.
+
+    python bench/fl_overhead.py [--rounds 10] [--local-steps 10] [--batch 16] [--preset tiny]
+                                [--patients 200] [--repeat 2] [--work DIR]
+
+Same work on both sides: the simulation runs R rounds in which each of the 3 sites takes K optimizer
+steps on batches of B of its own stays, i.e. 3·R·K steps of batch B in all; the centralized trainer
+(`clin-jepa train` on the 3 sites pooled) takes the same 3·R·K steps of batch B. Both therefore see the
+same number of stays and do the same FLOPs; the comparison is of everything around the steps.
+(Centralizing R·K steps of batch 3B instead would count the same samples but fewer, larger steps.)
+
+Both start cold as processes and warm as data: each is timed from a fresh interpreter / `flwr run`
+invocation to its exit, so imports, the statistics round (every site's value histograms, merged into
+quantile edges), checkpoints and shutdown are counted on both sides; the sites' prepared-tensor caches
+are filled once beforehand (a hospital prepares its tensors once, not per run). The simulation runs
+one Ray worker per core with one torch thread each (as the ClientApp sets); the centralized trainer runs
+once with one torch thread and once with torch's default, and the ratio is taken against the faster.
+
+Prints the run's breakdown (start-up, statistics round, training rounds, per-site client time), then,
+last, the ratios, one per repetition and their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from _common import ROOT, check, flower_run, load_average, make_hospitals, run_cli
+
+
+def federated(work: Path, sites: list[Path], args: argparse.Namespace, tag: str):
+    out = work / f"fl_{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    rc = {"preset": args.preset, "num-rounds": args.rounds, "local-steps": args.local_steps,
+          "batch-size": args.batch, "hours": args.hours, "site-configs": ",".join(map(str, sites)),
+          "checkpoint-dir": str(out), "synth-if-missing": False, "min-sites": 3}
+    run = flower_run(work / f"flwr_{tag}", rc, num_supernodes=len(sites))
+    check(run, args.rounds)
+    return run
+
+
+def centralized(work: Path, sites: list[Path], args: argparse.Namespace, tag: str, threads: int):
+    out = work / f"central_{tag}_{threads}"
+    shutil.rmtree(out, ignore_errors=True)
+    steps = len(sites) * args.rounds * args.local_steps
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    wall, _ = run_cli(["train", "--sites", *map(str, sites), "--out", str(out), "--preset", args.preset,
+                       "--steps", str(steps), "--batch-size", str(args.batch), "--hours", str(args.hours),
+                       "--log-every", str(args.local_steps), "--no-progress"], env)
+    return wall
+
+
+def breakdown(run, n_sites: int) -> str:
+    rounds = [ln for ln in run.lines if ln["round"] > 0]
+    stats_s = run.lines[0]["round_time_s"]
+    train_s = sum(ln["round_time_s"] for ln in rounds)
+    client = [s.get("client-time-s", 0.0) for ln in rounds for s in ln["sites"].values()]
+    first = sum(s.get("client-time-s", 0.0) for s in rounds[0]["sites"].values()) if rounds else 0.0
+    rest = (sum(client) - first) / max(1, len(client) - n_sites)
+    cores = os.cpu_count() or 1
+    return (f"  flwr run {run.wall_s:7.1f} s = start-up/shutdown {run.wall_s - stats_s - train_s:6.1f} s"
+            f" + statistics round {stats_s:5.1f} s + {len(rounds)} training rounds {train_s:6.1f} s\n"
+            f"  client time per site-round: first round {first / n_sites:.2f} s (tensors into the worker),"
+            f" later {rest:.2f} s; sum over sites {sum(client):.1f} s;"
+            f" server + transport per round {(train_s - sum(client) / cores) / max(1, len(rounds)):.2f} s"
+            " (round time minus client time spread over the cores)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--hours", type=int, default=72)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--patients", type=int, default=200, help="subjects per synthetic hospital")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temp dir)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        sites = make_hospitals(work / "hospitals", 3, args.patients)
+        from clin_jepa.trainer import prepare_sites
+
+        prepared = prepare_sites(sites, args.hours)  # fills each site's tensor cache once
+        steps = 3 * args.rounds * args.local_steps
+        print(f"3 sites, {len(prepared.train)} train stays; {args.rounds} rounds x {args.local_steps} local "
+              f"steps x 3 sites = {steps} steps of batch {args.batch}, preset {args.preset}")
+        print(load_average())
+        ratios = []
+        for rep in range(args.repeat):
+            t1 = centralized(work, sites, args, str(rep), 1)
+            tn = centralized(work, sites, args, str(rep), 0)
+            run = federated(work, sites, args, str(rep))
+            best = min(t1, tn)
+            ratios.append(run.wall_s / best)
+            print(f"rep {rep}: centralized {t1:6.1f} s (1 thread), {tn:6.1f} s (default threads); "
+                  f"federated {run.wall_s:6.1f} s; {load_average()}")
+            print(breakdown(run, len(sites)), flush=True)
+        each = ", ".join(f"{r:.2f}x" for r in ratios)
+        print(f"ratio federated / centralized (same steps, faster centralized setting): {each}; "
+              f"median {statistics.median(ratios):.2f}x (goal <= 1.3x)")
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    main()
