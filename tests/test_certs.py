@@ -143,6 +143,7 @@ def test_named_nodes_and_bad_input_write_nothing(tmp_path):
     empty = tmp_path / "empty"
     with pytest.raises(ConfigError, match="neither an IP address"):
         generate_pki(empty, ["bad host!"], ["n"])
-    with pytest.raises(ConfigError, match="unique"):
-        generate_pki(empty, ["ok.example"], ["a", "a"])
+    for names in (["a", "a"], [".."], ["../x"]):
+        with pytest.raises(ConfigError, match="unique"):
+            generate_pki(empty, ["ok.example"], names)
     assert not empty.exists()

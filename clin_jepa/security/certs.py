@@ -40,7 +40,7 @@ PUBLIC_MODE = 0o644
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 CA_DAYS = 3650
 SERVER_DAYS = 825
-_NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no leading dot: ".." would escape nodes/
 # A hostname label: letters, digits, hyphens, not starting/ending with a hyphen (RFC 1123).
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -223,7 +223,8 @@ def generate_pki(
         raise ConfigError("give at least one --host: the DNS name or IP the hospitals use for the SuperLink.")
     bad = [n for n in node_names if not _NODE_NAME.match(n)]
     if bad or len(set(node_names)) != len(node_names):
-        raise ConfigError(f"node names must be unique and match [A-Za-z0-9_.-]+; got {node_names}.")
+        raise ConfigError(f"node names must be unique, made of letters, digits, '_', '.', '-', and not start "
+                          f"with '.' or '-'; got {node_names}.")
     subject_alt_names(hosts)  # validate every host before writing anything
     layout = PkiLayout(Path(out_dir))
     targets = layout.all_paths(node_names)
