@@ -107,11 +107,9 @@ def prepare_sites(paths: Sequence[str | Path], hours: int = 72, disc: Any = None
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was requested but no CUDA device is available")
-    return torch.device(name)
+    from clin_jepa.device import resolve_device as resolve
+
+    return resolve(name, "train.device")
 
 
 def _rewind_metrics(path: Path, step: int) -> None:

@@ -73,3 +73,17 @@ def test_flops_scale_with_tokens_and_params():
 
 def test_no_peak_figure_for_cpu():
     assert peak_flops(torch.device("cpu")) is None
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the refusal on a machine without CUDA")
+def test_commands_refuse_cuda_without_a_traceback(tmp_path, capsys):
+    from clin_jepa.cli import main
+    from clin_jepa.trainer import resolve_device as trainer_device
+
+    code = main(["evaluate", str(tmp_path / "none.pt"), "--sites", str(tmp_path / "s.yaml"),
+                 "--out", str(tmp_path / "out"), "--device", "cuda", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--device: cuda was requested" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=r"train\.device: cuda"):
+        trainer_device("cuda")

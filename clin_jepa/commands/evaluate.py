@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", nargs="*", default=[], metavar="NAME=CKPT",
                         help="display names for checkpoints (default: file name, or folder for ckpt.pt)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for CIs (0 = none)")
-    parser.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, PCA and GRU baseline")
     parser.add_argument("--no-baselines", action="store_true", help="skip the last-value LR and GRU")
     parser.add_argument("--gru-epochs", type=int, default=30, help="epochs of the supervised GRU baseline")
@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
         for ckpt in args.checkpoints:
             verify_file(ckpt, args.public_key)
-    settings = EvalSettings(bootstrap=args.bootstrap, seed=args.seed, device=args.device,
+    from clin_jepa.device import resolve_device
+
+    device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
+    settings = EvalSettings(bootstrap=args.bootstrap, seed=args.seed, device=device,
                             baselines=not args.no_baselines,
                             gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed))
     metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
