@@ -377,5 +377,6 @@ def sample_sites(nodes: list[int], rnd: int, cfg: FederationConfig) -> list[int]
     k = min(len(nodes), max(cfg.min_sites, math.ceil(cfg.fraction_train * len(nodes))))
     if k >= len(nodes):
         return nodes
-    rng = np.random.default_rng([cfg.seed, rnd])
-    return sorted(int(n) for n in rng.choice(np.array(nodes, dtype=np.int64), size=k, replace=False))
+    # indices, not the ids themselves: Flower node ids are unsigned 64-bit and overflow an int64 array
+    picked = np.random.default_rng([cfg.seed, rnd]).choice(len(nodes), size=k, replace=False)
+    return sorted(nodes[int(i)] for i in picked)

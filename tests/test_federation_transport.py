@@ -81,7 +81,7 @@ def test_server_decodes_a_flower_reply_in_place():
                                                          (0.5, 2, 25)])
 def test_sampling_size_and_determinism(fraction, min_sites, expected):
     cfg = FederationConfig(fraction_train=fraction, min_sites=min_sites)
-    nodes = list(range(1000, 1050))
+    nodes = [2**64 - 1 - 7919 * i for i in range(50)]  # Flower node ids are unsigned 64-bit
     picked = sample_sites(nodes, 3, cfg)
     assert len(picked) == expected and len(set(picked)) == expected and set(picked) <= set(nodes)
     assert picked == sample_sites(list(reversed(nodes)), 3, cfg)  # order of node ids does not matter
