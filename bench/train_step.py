@@ -1,5 +1,11 @@
 """Training-step throughput of the tiny and small presets on CPU (and base on CUDA with bf16 when a GPU
-is present). Prints step time and patient-hours/s per configuration, then the ratios.
+is present). Prints step time, patient-hours/s (= tokens/s: one token per patient-hour), FLOPs per step
+and achieved FLOP/s per configuration, model FLOP utilization on a known GPU, then the ratios.
+
+FLOPs per step are the closed form of ``clin_jepa.flops.analytic_step_flops`` (matmuls: 2 x params x
+tokens per pass, backward 2x forward where gradients flow, plus the attention term 4 T^2 d per layer and
+sequence); ``FlopCounterMode`` is run on the same step as a cross-check and printed next to it (on CPU it
+does not count attention, so it comes out lower by exactly that term).
 
     python bench/train_step.py [--batch 32] [--hours 72] [--steps 10] [--compile] [--threads N]
 """
@@ -13,6 +19,7 @@ import time
 import torch
 
 from clin_jepa.curriculum import CurriculumConfig, FixedSchedule, phase_at
+from clin_jepa.flops import analytic_step_flops, measured_step_flops, peak_flops
 from clin_jepa.models import ClinJEPA, preset
 from clin_jepa.models.testing import random_batch
 from clin_jepa.train import build_optimizer, train_steps
@@ -38,8 +45,14 @@ def bench(name, device, batch_size, hours, steps, compile_, phase_step):
         torch.cuda.synchronize()
     dt = (time.perf_counter() - start) / steps
     n_params = sum(p.numel() for p in model.online_parameters())
+    flops = analytic_step_flops(model.cfg, batch_size, hours, phase.trains_encoder)
+    counted = measured_step_flops(model, {k: v.to(device) for k, v in next(batches).items()}, phase)
+    peak = peak_flops(device)
+    mfu = f"  MFU={flops / dt / peak:6.1%}" if peak else ""
     print(f"{name:6s} {device.type:4s} phase={phase.name:8s} params={n_params / 1e6:7.2f}M "
-          f"step={dt * 1e3:9.1f} ms  patient-hours/s={batch_size * hours / dt:11.0f}", flush=True)
+          f"step={dt * 1e3:9.1f} ms  patient-hours/s={batch_size * hours / dt:11.0f}  "
+          f"GFLOP/step={flops / 1e9:8.2f} (counter {counted / 1e9:8.2f})  "
+          f"achieved={flops / dt / 1e9:9.2f} GFLOP/s{mfu}", flush=True)
     return dt
 
 
