@@ -57,15 +57,25 @@ def flower(tmp_path):
     assert fl.survivors() == [], "Flower/Ray processes survived the test"
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> tuple[list[Path], Path]:
+    """One uninterrupted 3-site run through the whole curriculum, shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("straight")
+    sites, out = make_sites(root / "sites", 3), root / "ckpt"
+    with FlowerSandbox(root / "flower") as fl:
+        proc = fl.run(REPO, run_config(sites, out), num_supernodes=3)
+    assert fl.survivors() == [], "Flower/Ray processes survived the run"
+    check_run(proc)
+    return sites, out
+
+
 def check_run(proc) -> None:
     # `flwr run --stream` exits 0 even when the ServerApp raised: look for the app's last log line too
     assert proc.returncode == 0 and "Final checkpoint" in proc.stdout, proc.stdout[-6000:]
 
 
-def test_three_sites_walk_the_curriculum(tmp_path, flower):
-    sites = make_sites(tmp_path / "sites", 3)
-    out = tmp_path / "ckpt"
-    check_run(flower.run(REPO, run_config(sites, out), num_supernodes=3))
+def test_three_sites_walk_the_curriculum(straight):
+    _, out = straight
     lines = read_lines(out)
     assert [ln["round"] for ln in lines] == list(range(ROUNDS + 1))
     assert lines[0]["phase"] == "statistics" and set(lines[0]["sites"]) == {"site0", "site1", "site2"}
@@ -121,19 +131,18 @@ def test_failing_slow_and_poisoned_sites_are_left_out(tmp_path, flower):
     assert max(np.abs(v).max() for v in final["encoder"].values()) < 100
 
 
-def test_resume_after_stop_matches_uninterrupted_run(tmp_path, flower):
-    sites = make_sites(tmp_path / "sites", 2)
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    check_run(flower.run(REPO, run_config(sites, straight), num_supernodes=2))
-    check_run(flower.run(REPO, run_config(sites, stopped, **{"stop-after": 2}), num_supernodes=2))
+def test_resume_after_stop_matches_uninterrupted_run(tmp_path, flower, straight):
+    sites, full = straight
+    stopped = tmp_path / "stopped"
+    check_run(flower.run(REPO, run_config(sites, stopped, **{"stop-after": 2}), num_supernodes=3))
     assert load_checkpoint(stopped / "ckpt.pt").round == 2
-    check_run(flower.run(REPO, run_config(sites, stopped, **{"resume-from": str(stopped)}), num_supernodes=2))
+    check_run(flower.run(REPO, run_config(sites, stopped, **{"resume-from": str(stopped)}), num_supernodes=3))
     assert [ln["round"] for ln in read_lines(stopped)] == list(range(ROUNDS + 1))
-    a, b = weights(straight / "ckpt.pt"), weights(stopped / "ckpt.pt")
+    a, b = weights(full / "ckpt.pt"), weights(stopped / "ckpt.pt")
     for g in a:
         for k in a[g]:
             np.testing.assert_allclose(b[g][k], a[g][k], rtol=1e-4, atol=1e-5, err_msg=f"{g}.{k}")
-    la, lb = read_lines(straight), read_lines(stopped)
+    la, lb = read_lines(full), read_lines(stopped)
     for x, y in zip(la[1:], lb[1:], strict=True):
         assert y["aggregate"]["loss"] == pytest.approx(x["aggregate"]["loss"], rel=1e-4)
 
