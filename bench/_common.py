@@ -22,8 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 from clin_jepa.localrun import LocalFlower, descendants  # noqa: E402
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
 
 def load_average() -> str:
     """The 1/5/15-minute load averages and the core count: every figure is read against them."""
@@ -50,22 +48,19 @@ def make_hospitals(out: Path, n_sites: int, patients: int, seed: int = 0) -> lis
             synthesize(folder, n, patients, seed + batch, force=True)
             done = sorted(folder.glob("*.yaml"))
         for path in done:
-            if n_sites > MAX_SITES:
-                path = _renamed(path, f"_{batch}")
-            configs.append(path)
+            configs.append(_renamed(path, f"_{batch}", out / "renamed") if n_sites > MAX_SITES else path)
         batch += 1
     return configs
 
 
-def _renamed(path: Path, suffix: str) -> Path:
-    """A copy of a site config whose site name carries ``suffix`` (and its own state folder)."""
+def _renamed(path: Path, suffix: str, folder: Path) -> Path:
+    """A copy of a site config in ``folder`` whose site name carries ``suffix`` (own state folder)."""
     raw = yaml.safe_load(path.read_text())
-    if raw["site"].endswith(suffix):
-        return path
     raw["site"] = f"{raw['site']}{suffix}"
     raw["data"]["path"] = str((path.parent / raw["data"]["path"]).resolve())
-    raw["state_dir"] = str((path.parent / "state" / raw["site"]).resolve())
-    new = path.with_name(f"{raw['site']}.site.yaml")
+    raw["state_dir"] = str((folder / "state" / raw["site"]).resolve())
+    folder.mkdir(parents=True, exist_ok=True)
+    new = folder / f"{raw['site']}.yaml"
     new.write_text(yaml.safe_dump(raw, sort_keys=False))
     return new
 
@@ -83,12 +78,17 @@ def clear_caches(configs: list[Path]) -> None:
 
 @dataclass
 class RssSampler:
-    """Samples the summed resident set size of ``root``'s process tree (``root`` included) every
-    ``every`` seconds on a thread; ``samples`` holds (seconds since start, bytes)."""
+    """Samples the memory of ``root``'s process tree (``root`` included) every ``every`` seconds on a
+    thread; ``samples`` holds (seconds since start, summed PSS bytes, lines in ``watch`` then).
+
+    PSS (proportional set size) splits each shared page among the processes mapping it, so the sum over
+    a tree of processes sharing memory (Ray's object store, forked workers) counts every page once;
+    a plain RSS sum would count shared pages once per process."""
 
     root: int
-    every: float = 0.25
-    samples: list[tuple[float, int]] = field(default_factory=list)
+    every: float = 0.5
+    watch: Path | None = None
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -105,24 +105,31 @@ class RssSampler:
 
     def _loop(self) -> None:
         while True:
-            self.samples.append((time.monotonic() - self._t0, tree_rss(self.root)))
+            lines = 0
+            if self.watch is not None and self.watch.exists():
+                lines = self.watch.read_bytes().count(b"\n")
+            self.samples.append((time.monotonic() - self._t0, tree_pss(self.root), lines))
             if self._stop.wait(self.every):
                 return
 
-    def peak(self, since: float = 0.0, until: float = float("inf")) -> int:
-        return max((b for t, b in self.samples if since <= t <= until), default=0)
+    def peak(self) -> int:
+        return max((b for _, b, _ in self.samples), default=0)
 
-    def now(self) -> float:
-        return time.monotonic() - self._t0
+    def peak_while(self, lines: int) -> int:
+        """Peak while ``watch`` had exactly ``lines`` lines (e.g. during the round after line ``lines``)."""
+        return max((b for _, b, n in self.samples if n == lines), default=0)
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants (``/proc/<pid>/statm``)."""
+def tree_pss(root: int) -> int:
+    """Proportional set size, in bytes, of ``root`` and all its descendants (``/proc/<pid>/smaps_rollup``)."""
     total = 0
     for pid in {root} | descendants(root):
         try:
-            with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * PAGE
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
         except (OSError, IndexError, ValueError):
             continue
     return total
@@ -146,7 +153,7 @@ def flower_run(workdir: Path, run_config: dict[str, object], num_supernodes: int
     out = Path(str(run_config["checkpoint-dir"]))
     with LocalFlower(workdir / "flwr_home", ROOT, workdir / "superlink.log") as fl:
         assert fl.superlink is not None
-        sampler = RssSampler(fl.superlink.pid) if sample_rss else None
+        sampler = RssSampler(fl.superlink.pid, watch=out / "metrics.jsonl") if sample_rss else None
         if sampler:
             sampler.__enter__()
         t0 = time.perf_counter()

@@ -116,3 +116,22 @@ def test_site_refuses_cuda_it_cannot_see(tmp_path):
         site.device(FederationConfig(device="cuda"))
     model = site.model(preset("tiny"), FederationConfig())
     assert site.model(preset("tiny"), FederationConfig()) is model  # built once, reused every round
+
+
+def test_worker_keeps_a_bounded_number_of_sites(tmp_path):
+    from fixtures import random_events, write_meds, write_site_config
+
+    from client import site as site_mod
+
+    data = write_meds(tmp_path / "data", random_events(12, seed=0, hours=30))
+    paths = [write_site_config(tmp_path / f"s{i}.yaml", data, tmp_path / f"state{i}", site=f"s{i}")
+             for i in range(site_mod.MAX_CACHED_SITES + 3)]
+    site_mod._SITES.clear()
+    first = site_mod.get_site(paths[0])
+    assert site_mod.get_site(paths[0]) is first  # cached while recent
+    for p in paths[1:]:
+        site_mod.get_site(p)
+    assert len(site_mod._SITES) == site_mod.MAX_CACHED_SITES
+    assert [s.name for s in site_mod._SITES.values()] == [f"s{i}" for i in range(3, len(paths))]
+    assert site_mod.get_site(paths[0]) is not first  # dropped, rebuilt from its config
+    site_mod._SITES.clear()
