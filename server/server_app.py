@@ -116,6 +116,8 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     up_bytes = {m.metadata.src_node_id: sum(_nbytes(r) for r in m.content.array_records.values())
                 for m in replies if not m.has_error()}
+    up_groups = {m.metadata.src_node_id: sorted({k.split(".", 1)[0] for r in m.content.array_records.values()
+                                                 for k in r}) for m in replies if not m.has_error()}
     if cfg.transport_dtype != "float32":
         for msg in replies:
             decode_updates(msg, sent)
@@ -126,7 +128,7 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
         if not msg.has_error():
             metrics = {k: v for mr in msg.content.metric_records.values() for k, v in mr.items()}
             sites[strategy.site_nodes.get(node, str(node))] = {"status": "ok", "bytes_up": up_bytes[node],
-                                                               **metrics}
+                                                               "groups_up": up_groups[node], **metrics}
     for node, (status, reason) in screened.problems.items():
         name = strategy.site_nodes.get(node, str(node))
         sites.setdefault(name, {}).update(status=status, reason=reason)

@@ -87,6 +87,7 @@ def test_three_sites_walk_the_curriculum(straight):
         assert ln["accepted"] == 3 and ln["updated"]
         for site in ln["sites"].values():
             assert site["status"] == "ok" and site["num-examples"] == STEPS * 8
+            assert site["groups_up"] == ln["upload"]  # the arrays a site actually sent back
             assert site["bytes_down"] > site["bytes_up"] > 0
         # what was exchanged: E changes exactly in the phases that train it, P always
         assert same(w[r]["encoder"], w[r - 1]["encoder"]) == (not trains_e)
