@@ -2,6 +2,10 @@
 # Every script runs Flower with runtime dependency installation disabled: a node only ever runs code
 # from packages its operator installed beforehand.
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+# No traffic to anyone but the SuperLink: Flower otherwise sends usage telemetry to telemetry.flower.ai
+# and checks for new releases on start.
+export FLWR_TELEMETRY_ENABLED=0
+export FLWR_DISABLE_UPDATE_CHECK=1
 
 die() { echo "error: $*" >&2; exit 2; }
 

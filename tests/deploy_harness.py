@@ -101,11 +101,15 @@ class Deployment:
         self.ports = [self.port]
 
     # -- environment -------------------------------------------------------------------------
-    def env(self, flwr_home: Path | None = None) -> dict[str, str]:
+    def env(self, flwr_home: Path | None = None, cli: bool = True) -> dict[str, str]:
+        """No FLWR_* from the caller. The deploy scripts must set their own Flower settings (the
+        drills check they do); the coordinator's `flwr` CLI calls get them here."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
         env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1",
-                   FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0",
                    OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        if cli:
+            env.update(FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0",
+                       FLWR_DISABLE_UPDATE_CHECK="1")
         if flwr_home is not None:
             env["FLWR_HOME"] = str(flwr_home)
         return env
@@ -131,7 +135,7 @@ class Deployment:
         argv = [str(DEPLOY / "coordinator" / "start-superlink.sh"), "--bind", "127.0.0.1",
                 "--port", str(self.port), "--state", str(self.root / "superlink")]
         argv += ["--insecure"] if self.insecure else ["--certs", str(self.pki.root)]
-        proc = self._spawn("superlink", argv, self.env())
+        proc = self._spawn("superlink", argv, self.env(cli=False))
         wait_for(lambda: "Application startup complete" in proc.text() or not proc.alive(), timeout,
                  "the SuperLink to start")
         assert proc.alive(), f"SuperLink exited:\n{proc.text()[-3000:]}"
@@ -157,7 +161,7 @@ class Deployment:
                 "--site-config", str(site_config), "--state", str(self.root / f"node-{name}"),
                 "--runtime-port", str(runtime_port)]
         argv += ["--insecure"] if self.insecure else ["--keys", str(self.pki.node_dir(name))]
-        return self._spawn(f"supernode-{name}", argv, self.env())
+        return self._spawn(f"supernode-{name}", argv, self.env(cli=False))
 
     # -- runs ------------------------------------------------------------------------------
     def _run_argv(self, run_config: dict[str, object]) -> list[str]:

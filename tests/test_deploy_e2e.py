@@ -12,6 +12,7 @@ import hashlib
 import json
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from deploy_harness import BIN, Deployment, wait_for
@@ -156,6 +157,15 @@ def test_unregistered_supernode_is_refused(tmp_path):
         wait_for(lambda: dep.online_nodes() == 1, 60, "the registered SuperNode to be online")
         assert good.alive()
         assert "Activated node_id" in dep.procs[0].text()
+        # The script exec'd Flower, so its PID is the SuperNode's: check what it really runs with.
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{good.popen.pid}/environ").read_text().split("\0") if "=" in item)
+        assert environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+        assert environ["FLWR_TELEMETRY_ENABLED"] == "0" and environ["FLWR_DISABLE_UPDATE_CHECK"] == "1"
+        assert environ["FLWR_HOME"].startswith(str(tmp_path / "node-node-1"))
+        cmdline = Path(f"/proc/{good.popen.pid}/cmdline").read_text().split("\0")
+        assert "--allow-runtime-dependency-installation" not in cmdline
+        assert "--auth-supernode-private-key" in cmdline and "--insecure" not in cmdline
     finally:
         dep.stop_all()
         assert dep.leftovers() == [], "processes survived the test"
