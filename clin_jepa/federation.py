@@ -101,6 +101,11 @@ class FederationConfig:
             raise ConfigError(f"run config dp-central-delta: must be in (0, 1), got {self.dp_central_delta}")
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(f"run config fraction-train: must be in (0, 1], got {self.fraction_train}")
+        if self.fraction_train < 1 and self.dp_central != "off":
+            # Flower's DP wrappers are built once with a fixed number of sampled clients, which scales the
+            # noise; sampling a varying subset per round would silently change the guarantee.
+            raise ConfigError("run config fraction-train < 1 cannot be combined with dp-central: the "
+                              "client-level DP noise is calibrated to every site taking part each round")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ConfigError(f"run config transport-dtype: {self.transport_dtype!r} is not one of "
                               f"{list(TRANSPORT_DTYPES)}")

@@ -99,6 +99,11 @@ def test_bad_run_config_values_are_refused(key, value, words):
         FederationConfig.from_run_config({key: value})
 
 
+def test_sampling_with_central_dp_is_refused():
+    with pytest.raises(ConfigError, match="fraction-train"):
+        FederationConfig.from_run_config({"fraction-train": 0.5, "dp-central": "server-fixed"})
+
+
 def test_float16_with_client_side_clipping_is_refused():
     with pytest.raises(ConfigError, match="client-side clipping"):
         FederationConfig.from_run_config({"transport-dtype": "float16", "dp-central": "client-fixed"})
