@@ -12,6 +12,7 @@
 3. Federated: ``--federated CKPT`` adds an existing checkpoint; ``--run-federated`` runs ``flwr run .``
    on a private local SuperLink with rounds × local-steps × sites = steps (the same stays seen as by
    each centralized run; the curriculum's phases then follow rounds).
+   An ``untrained`` control (random weights, pooled's config and bins) shows what training adds.
 4. ``clin-jepa evaluate`` once per discretization (checkpoints tokenized alike share a report; the
    baselines run with the first group), all on the pooled held-out stays of every site; then one
    ``OUT/comparison.md`` / ``comparison.json`` table with all rows.
@@ -146,6 +147,21 @@ def finished_federated(ckdir: Path, rounds: int) -> bool:
     return (ckdir / "ckpt.pt").is_file() and load_checkpoint(ckdir / "ckpt.pt").round >= rounds
 
 
+def untrained_control(args, like: Path) -> Path:
+    """A randomly initialized model with ``like``'s config and discretization: what training adds."""
+    import torch
+
+    from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from clin_jepa.models import ClinJEPA
+
+    ref = load_checkpoint(like)
+    torch.manual_seed(args.seed)
+    path = args.out / "runs" / "untrained" / "ckpt.pt"
+    save_checkpoint(path, Checkpoint.from_model(ClinJEPA(ref.model_config), discretization=ref.discretization,
+                                                tasks=ref.tasks, curriculum={"mode": "untrained"}))
+    return path
+
+
 def fingerprint(ckpt: Path) -> str:
     from clin_jepa.checkpoint import load_checkpoint
 
@@ -182,14 +198,15 @@ def _f(x, pct=False):
 
 def table(merged: dict) -> str:
     tasks = merged["data"]["tasks"]
-    head = ["model", "drift change 1–6 h → 43–48 h", "displacement ratio", "mean AUROC", *tasks]
+    head = ["model", "drift change 1–6 h → 43–48 h", "drift L1 1–6 h / 43–48 h", "displacement ratio",
+            "mean AUROC", *tasks]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    rows = [(k, v["drift"]["relative_change"], v["geometry"]["ratio"], v["probes"])
-            for k, v in merged["models"].items()]
-    rows += [(k, None, None, v["probes"]) for k, v in merged["baselines"].items()]
-    for label, drift, ratio, probes in rows:
+    rows = [(k, v["drift"]["relative_change"], f"{_f(v['drift']['early'])} / {_f(v['drift']['late'])}",
+             v["geometry"]["ratio"], v["probes"]) for k, v in merged["models"].items()]
+    rows += [(k, None, "–", None, v["probes"]) for k, v in merged["baselines"].items()]
+    for label, drift, levels, ratio, probes in rows:
         per_task = [_f(probes["tasks"][t]["auroc"]) for t in tasks]
-        cells = [label, _f(drift, True), _f(ratio), _f(probes["mean_auroc"]), *per_task]
+        cells = [label, _f(drift, True), levels, _f(ratio), _f(probes["mean_auroc"]), *per_task]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -200,6 +217,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     configs = synth(args)
     ckpts = train_runs(args, configs)
+    ckpts["untrained"] = untrained_control(args, ckpts["pooled"])
     if args.run_federated:
         ckpts["federated"] = run_federated(args, configs)
     if args.federated:

@@ -46,14 +46,15 @@ def relative_change(curve: np.ndarray, early: tuple[int, int] = EARLY, late: tup
     NaN when either window is empty or the early error is zero (a perfect early predictor has no scale
     to be relative to).
     """
-    e = _window_mean(curve, early)
-    lt = _window_mean(curve, late)
+    e = window_mean(curve, early)
+    lt = window_mean(curve, late)
     if not np.isfinite(e) or not np.isfinite(lt) or e == 0.0:
         return float("nan")
     return float((lt - e) / e)
 
 
-def _window_mean(curve: np.ndarray, window: tuple[int, int]) -> float:
+def window_mean(curve: np.ndarray, window: tuple[int, int]) -> float:
+    """Mean of the finite values of a 1-based inclusive horizon window (NaN if none)."""
     lo, hi = window
     part = np.asarray(curve, dtype=np.float64)[lo - 1 : hi]
     part = part[np.isfinite(part)]

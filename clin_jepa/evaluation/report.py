@@ -55,9 +55,11 @@ def rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for label, m in metrics["models"].items():
         out.append({"label": label, "kind": "checkpoint", "drift_change": m["drift"]["relative_change"],
+                    "drift_levels": (m["drift"].get("early"), m["drift"].get("late")),
                     "displacement_ratio": m["geometry"]["ratio"], "probes": m["probes"]})
     for label, m in metrics.get("baselines", {}).items():
-        out.append({"label": label, "kind": "baseline", "drift_change": None, "displacement_ratio": None,
+        out.append({"label": label, "kind": "baseline", "drift_change": None, "drift_levels": (None, None),
+                    "displacement_ratio": None,
                     "probes": m["probes"]})
     return out
 
@@ -77,13 +79,15 @@ def markdown(metrics: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in metrics["data"]["n_stays"].items())
         + f". Discretization `{metrics['data']['discretization'][:12]}`.",
         "",
-        "| model | drift change 1–6 h → 43–48 h | displacement ratio (det./stable) | mean AUROC | "
-        + " | ".join(tasks) + " |",
-        "|---" * (4 + len(tasks)) + "|",
+        "| model | drift change 1–6 h → 43–48 h | drift L1 1–6 h / 43–48 h | displacement ratio "
+        "(det./stable) | mean AUROC | " + " | ".join(tasks) + " |",
+        "|---" * (5 + len(tasks)) + "|",
     ]
     for r in rows(metrics):
         per_task = [_fmt(_auroc(r["probes"], t)) for t in tasks]
-        head = [r["label"], _fmt(r["drift_change"], pct=True), _fmt(r["displacement_ratio"]),
+        early, late = r["drift_levels"]
+        levels = "–" if early is None else f"{_fmt(early)} / {_fmt(late)}"
+        head = [r["label"], _fmt(r["drift_change"], pct=True), levels, _fmt(r["displacement_ratio"]),
                 _fmt(r["probes"]["mean_auroc"])]
         lines.append("| " + " | ".join(head + per_task) + " |")
     lines += ["", "Drift change: relative change of the latent L1 between the predictor's 48-hour "

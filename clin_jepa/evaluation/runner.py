@@ -23,7 +23,7 @@ from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
 from clin_jepa.evaluation import geometry
 from clin_jepa.evaluation.baselines import GRUSettings, gru_baseline, hourly_inputs, last_value_features
-from clin_jepa.evaluation.drift import drift_curve, relative_change
+from clin_jepa.evaluation.drift import EARLY, LATE, drift_curve, relative_change, window_mean
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.loading import LoadedModel, check_against_data, load_models, load_sites
 from clin_jepa.evaluation.probes import fit_linear_probes
@@ -70,7 +70,8 @@ def evaluate_model(m: LoadedModel, train: SiteTensors, held: SiteTensors, s: Eva
         "checkpoint": str(m.path),
         **m.info,
         "drift": {"curve": curve, "counts": counts, "relative_change": relative_change(curve),
-                  "early_hours": [1, 6], "late_hours": [43, 48]},
+                  "early": window_mean(curve, EARLY), "late": window_mean(curve, LATE),
+                  "early_hours": list(EARLY), "late_hours": list(LATE)},
         "geometry": geometry.displacement_ratio(disp, cohort),
         "probes": probes.to_dict(),
     }
