@@ -113,7 +113,9 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
     messages = list(outer.configure_train(plan.round, arrays, ConfigRecord(), grid))
     asked = {m.metadata.dst_node_id for m in messages}
     down = _nbytes(arrays) + strategy.last_frozen_bytes
+    t_wait = time.perf_counter()
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    wait_s = time.perf_counter() - t_wait
     up_bytes = {m.metadata.src_node_id: sum(_nbytes(r) for r in m.content.array_records.values())
                 for m in replies if not m.has_error()}
     up_groups = {m.metadata.src_node_id: sorted({k.split(".", 1)[0] for r in m.content.array_records.values()
@@ -152,7 +154,8 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
             "hard_sync": plan.hard_sync, "upload": list(plan.upload), "download": list(plan.download),
             "updated": aggregated is not None, "accepted": len(screened.accepted),
             "aggregate": dict(agg_metrics) if agg_metrics is not None else {},
-            "target_gap": state.target_gap(), "sites": sites, "round_time_s": time.perf_counter() - t0}
+            "target_gap": state.target_gap(), "sites": sites, "wait_s": wait_s,
+            "round_time_s": time.perf_counter() - t0}
     record_privacy(outer, line, state.accountants)
     save_round(state, out_dir, plan.global_step + plan.local_steps, plan.phase, line,
                sorted(strategy.site_nodes.values()))
