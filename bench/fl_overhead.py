@@ -64,13 +64,14 @@ def breakdown(run, n_sites: int) -> str:
     client = [s.get("client-time-s", 0.0) for ln in rounds for s in ln["sites"].values()]
     first = sum(s.get("client-time-s", 0.0) for s in rounds[0]["sites"].values()) if rounds else 0.0
     rest = (sum(client) - first) / max(1, len(client) - n_sites)
-    cores = os.cpu_count() or 1
+    wait = sum(ln.get("wait_s", float("nan")) for ln in rounds)
     return (f"  flwr run {run.wall_s:7.1f} s = start-up/shutdown {run.wall_s - stats_s - train_s:6.1f} s"
             f" + statistics round {stats_s:5.1f} s + {len(rounds)} training rounds {train_s:6.1f} s\n"
             f"  client time per site-round: first round {first / n_sites:.2f} s (tensors into the worker),"
-            f" later {rest:.2f} s; sum over sites {sum(client):.1f} s;"
-            f" server + transport per round {(train_s - sum(client) / cores) / max(1, len(rounds)):.2f} s"
-            " (round time minus client time spread over the cores)")
+            f" later {rest:.2f} s; sum over sites {sum(client):.1f} s\n"
+            f"  per round: waiting for the sites {wait / max(1, len(rounds)):.2f} s, server's own work "
+            f"{(train_s - wait) / max(1, len(rounds)):.2f} s (plan, screen, FedAvg, EMA; the checkpoint "
+            "write comes after)")
 
 
 def main() -> None:
