@@ -145,7 +145,7 @@ class FlowerRun:
 
 
 def flower_run(workdir: Path, run_config: dict[str, object], num_supernodes: int, timeout: float = 1800,
-               sample_rss: bool = False) -> FlowerRun:
+               sample_rss: bool = False, federation: dict[str, object] | None = None) -> FlowerRun:
     """One `flwr run` of this project on a fresh private SuperLink in ``workdir`` (its own FLWR_HOME);
     ``wall_s`` times `flwr run` alone (from invocation to its exit: simulation start-up, Ray actors,
     every round, shutdown), not the SuperLink's own start. Everything started is stopped afterwards."""
@@ -158,7 +158,8 @@ def flower_run(workdir: Path, run_config: dict[str, object], num_supernodes: int
             sampler.__enter__()
         t0 = time.perf_counter()
         try:
-            proc = fl.run(ROOT, run_config, num_supernodes=num_supernodes, timeout=timeout)
+            proc = fl.run(ROOT, run_config, num_supernodes=num_supernodes, timeout=timeout,
+                          federation=federation)
         finally:
             wall = time.perf_counter() - t0
             if sampler:

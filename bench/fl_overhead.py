@@ -41,7 +41,11 @@ def federated(work: Path, sites: list[Path], args: argparse.Namespace, tag: str)
     rc = {"preset": args.preset, "num-rounds": args.rounds, "local-steps": args.local_steps,
           "batch-size": args.batch, "hours": args.hours, "site-configs": ",".join(map(str, sites)),
           "checkpoint-dir": str(out), "synth-if-missing": False, "min-sites": 3}
-    run = flower_run(work / f"flwr_{tag}", rc, num_supernodes=len(sites))
+    # Ray forwards every worker's output to the simulation process by default; its log threads compete
+    # with the ServerApp for the 2 cores. Off here unless --ray-logs (the ClientApps' own errors still
+    # reach the server as error replies).
+    fed = None if args.ray_logs else {"init-args-log-to-driver": False}
+    run = flower_run(work / f"flwr_{tag}", rc, num_supernodes=len(sites), federation=fed)
     check(run, args.rounds)
     return run
 
@@ -87,6 +91,7 @@ def main() -> None:
                     help="comma-separated torch thread counts to time the centralized run with (0 = torch's "
                          "default); the ratio uses the fastest")
     ap.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: temp dir)")
+    ap.add_argument("--ray-logs", action="store_true", help="keep Ray's forwarding of worker output")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

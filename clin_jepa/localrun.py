@@ -119,13 +119,16 @@ class LocalFlower:
         raise RuntimeError("flower-superlink did not become healthy within 60 s")
 
     def run(self, app: Path, run_config: dict[str, object], num_supernodes: int, timeout: float = 240,
-            cpus_per_node: int = 1, echo: bool = False) -> subprocess.CompletedProcess:
+            cpus_per_node: int = 1, echo: bool = False,
+            federation: dict[str, object] | None = None) -> subprocess.CompletedProcess:
         """`flwr run APP --stream` with run-config overrides; returns the finished process with its output
-        (``echo`` also prints it live). Never raises on a failed run: callers check the result."""
+        (``echo`` also prints it live). ``federation`` adds simulation settings to `--federation-config`
+        (e.g. ``{"client-resources-num-gpus": 0.5}``). Never raises on a failed run: callers check it."""
         overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
+        sim = {"num-supernodes": num_supernodes, "client-resources-num-cpus": cpus_per_node,
+               **(federation or {})}
         cmd = [str(BIN / "flwr"), "run", str(app), "--stream",
-               "--federation-config",
-               f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_node}"]
+               "--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in sim.items())]
         if overrides:
             cmd += ["--run-config", overrides]
         proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
