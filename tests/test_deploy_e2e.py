@@ -89,6 +89,11 @@ def test_curriculum_completes_with_signed_checkpoints(fed, tmp_path):
         assert sorted(line["sites"]) == sorted(SITES.values())
     assert load_checkpoint(ckpt_dir / "ckpt.pt").round == ROUNDS
     _assert_signed(fed, ckpt_dir)
+    fed.reference_losses = _losses(lines)  # the uninterrupted trajectory, for the resume drill
+
+
+def _losses(lines):
+    return [line["aggregate"]["loss"] for line in lines[1:]]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 120)
@@ -135,6 +140,8 @@ def test_superlink_crash_then_resume_from_last_checkpoint(fed, tmp_path):
     assert [line["round"] for line in lines] == list(range(ROUNDS + 1))
     assert [line["phase"] for line in lines[1:]] == list(PHASES)
     assert {r: _digest(ckpt_dir / f"round_{r:04d}.pt") for r in range(before + 1)} == kept
+    if getattr(fed, "reference_losses", None):  # same data, config and seed as the uninterrupted run
+        assert _losses(lines) == pytest.approx(fed.reference_losses, rel=1e-4)
     assert load_checkpoint(ckpt_dir / "ckpt.pt").round == ROUNDS
     _assert_signed(fed, ckpt_dir)
 
