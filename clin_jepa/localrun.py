@@ -91,7 +91,11 @@ class LocalFlower:
                     "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.port),
                     "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                    "RAY_DEDUP_LOGS": "0", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+                    "RAY_DEDUP_LOGS": "0", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    # Ray starts its workers at nice 15; the ClientApps (all of the training) then starve
+                    # behind any other busy process on a shared machine: 5x slower per step than the same
+                    # steps in `clin-jepa train` at load ~8 on 2 cores (bench/fl_overhead.py).
+                    "RAY_worker_niceness": "0"}
         self.superlink: subprocess.Popen | None = None
         self.seen: set[int] = set()
 
