@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from clin_jepa.errors import ConfigError
 
@@ -46,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
         for ckpt in args.checkpoints:
             verify_file(ckpt, args.public_key)
+    else:
+        # Local simulations write unsigned checkpoints; say so rather than imply a verification happened.
+        print("clin-jepa evaluate: warning: checkpoint signatures are NOT verified (no --public-key)",
+              file=sys.stderr)
     from clin_jepa.device import resolve_device
 
     device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
