@@ -54,3 +54,14 @@ def make_site(tmp_path: Path) -> Callable[..., SiteConfig]:
 def handmade_site(make_site: Callable[..., SiteConfig]) -> SiteConfig:
     """The five hand-made subjects of :func:`handmade_rows` as a one-shard-per-split site."""
     return make_site(handmade_rows(), HANDMADE_SPLITS)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a loaded 2-core machine two OpenMP threads spin against each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,13 +10,7 @@ from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets
 from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, preset, set_group_state
 from clin_jepa.models.testing import random_batch
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])

@@ -38,12 +38,7 @@ WARMUP, JOINT = phase_at(0, 10, CUR), phase_at(3, 10, CUR)
 HOURS = 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0):

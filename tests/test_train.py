@@ -16,12 +16,7 @@ from clin_jepa.train import build_optimizer, train_steps
 FRACTIONS = (0.2, 0.2, 0.2, 0.2, 0.2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(mode="curriculum", seed=0):

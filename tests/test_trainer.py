@@ -18,12 +18,7 @@ def sites(tmp_path_factory):
     return [str(o.config) for o in synthesize(root, n_sites=2, n_patients=30, seed=3)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tcfg(**kw):
