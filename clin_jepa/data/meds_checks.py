@@ -7,6 +7,7 @@ and never raises, so one validation run reports everything at once.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 
 import meds
@@ -100,23 +101,11 @@ def check_data_schema(table: pa.Table, name: str, p: Problems, all_names: list[s
         if guess:
             p.add(f"{name}: column '{extra}': unexpected extra column; did you mean '{guess}'?")
     if SUBJECT in cols:
-        t = table.schema.field(SUBJECT).type
-        if not pa.types.is_integer(t):
-            p.add(f"{name}: column '{SUBJECT}': type {t}, expected {EXPECTED[SUBJECT]}")
-            usable = False
-        elif len(nulls := _null_rows(table.column(SUBJECT))):
-            p.add(f"{name}: column '{SUBJECT}': {len(nulls)} null value(s); {_table_rows(table, nulls)}")
-            usable = False
+        usable &= _check_required_column(table, name, SUBJECT, pa.types.is_integer, p)
     if TIME in cols:
         usable &= _check_time_type(table, name, p)
     if CODE in cols:
-        t = table.schema.field(CODE).type
-        if not _is_string(t):
-            p.add(f"{name}: column '{CODE}': type {t}, expected {EXPECTED[CODE]}")
-            usable = False
-        elif len(nulls := _null_rows(table.column(CODE))):
-            p.add(f"{name}: column '{CODE}': {len(nulls)} null value(s); {_table_rows(table, nulls)}")
-            usable = False
+        usable &= _check_required_column(table, name, CODE, _is_string, p)
     if VALUE in cols:
         t = table.schema.field(VALUE).type
         if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
@@ -125,6 +114,19 @@ def check_data_schema(table: pa.Table, name: str, p: Problems, all_names: list[s
         elif pa.types.is_floating(t):
             _check_float_values(table, name, p)
     return usable
+
+
+def _check_required_column(table: pa.Table, name: str, col: str, type_ok: Callable[[pa.DataType], bool],
+                           p: Problems) -> bool:
+    """A column every row needs: the right type and no nulls. False when the shard cannot be read further."""
+    t = table.schema.field(col).type
+    if not type_ok(t):
+        p.add(f"{name}: column '{col}': type {t}, expected {EXPECTED[col]}")
+        return False
+    if len(nulls := _null_rows(table.column(col))):
+        p.add(f"{name}: column '{col}': {len(nulls)} null value(s); {_table_rows(table, nulls)}")
+        return False
+    return True
 
 
 def _check_time_type(table: pa.Table, name: str, p: Problems) -> bool:
