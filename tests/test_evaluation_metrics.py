@@ -184,9 +184,11 @@ def test_last_value_features_pick_last_observation_and_missing():
     bins[0, 3, 0], bins[0, 20, 0], bins[0, 30, 0] = 2, 4, 1  # hour 30 is after the prediction time
     treat, time = np.zeros((1, 72, 1), np.float32), np.full((1, 72, 4), 0.5, np.float32)
     feats = last_value_features(bins, treat, time, 4)
-    assert feats.shape == (1, 2 * 5 + 1 + 1)
+    assert feats.shape == (1, 2 * 5 + 2 + 2 + 1 + 1)
     assert feats[0, :5].tolist() == [0, 0, 0, 0, 1]  # concept 0: bin 4
     assert feats[0, 5:10].tolist() == [1, 0, 0, 0, 0]  # concept 1: never observed
+    assert feats[0, 10:12].tolist() == [0, 0]  # neither measured in hour 23
+    assert 0 < feats[0, 12] < 1 and feats[0, 13] == 1  # 3 h since concept 0; concept 1 never
     assert feats[0, -1] == 0.5
 
 
@@ -197,7 +199,7 @@ def test_gru_baseline_learns_a_learnable_task():
     bins, treat, time, y, _ = _toy_stays()
     x = hourly_inputs(bins, treat, time, 4)
     res = gru_baseline(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], ["hi"], n_boot=20,
-                       settings=GRUSettings(hidden=16, epochs=10))
+                       settings=GRUSettings(hidden=16, epochs=25))
     torch.set_num_threads(threads)
     assert res.tasks[0].auroc > 0.8
 

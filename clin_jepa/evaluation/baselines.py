@@ -1,9 +1,11 @@
 """Supervised baselines on the same splits and the same first-24-hour inputs as the probes.
 
 * **last-value LR** — per concept the one-hot of its last observed value bin in hours 0..23 (bin 0 is
-  "never observed", i.e. the missing indicator), any-use flag per treatment, and age; then the same
-  standardized logistic regression per task as the probes (:func:`fit_linear_probes`).
-* **GRU** — a ``torch.nn.GRU`` over the hourly one-hot bins + treatments + time features of hours 0..23,
+  "never observed", i.e. the missing indicator), its measured-in-hour-23 flag and hours since it was
+  last measured, any-use flag per treatment, and age; then the same standardized logistic regression
+  per task as the probes (:func:`fit_linear_probes`).
+* **GRU** — a ``torch.nn.GRU`` over the shared hourly inputs of hours 0..23 (carried-forward bins,
+  measured flags, hours since, treatments, clock and age: ``clin_jepa.data.features``),
   with one multi-task linear head (one logit per task) trained with BCE masked to defined labels. One
   shared network for all tasks keeps its cost at one training run; the tuning split (when it has stays)
   picks the epoch with the lowest loss.
@@ -19,33 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clin_jepa.data.features import sequence_inputs, tabular_last_values
 from clin_jepa.evaluation.probes import ProbeResult, TaskScore, score_task, single_class_reason
 
 
 def last_value_features(bins: np.ndarray, treat: np.ndarray, time: np.ndarray, n_bins: int,
                         context: int = 24) -> np.ndarray:
-    """(N, T, C) bins -> (N, C*(n_bins+1) + K + 1) tabular features of the first ``context`` hours."""
-    b = bins[:, :context].astype(np.int64)
-    n, _, c = b.shape
-    observed = b > 0
-    seen = observed.any(axis=1)
-    # last observed hour per (stay, concept): argmax over the reversed hour axis
-    last_idx = context - 1 - np.argmax(observed[:, ::-1], axis=1)
-    last_bin = np.take_along_axis(b, last_idx[:, None, :], axis=1)[:, 0]
-    last_bin = np.where(seen, last_bin, 0)
-    onehot = np.zeros((n, c, n_bins + 1), dtype=np.float32)
-    np.put_along_axis(onehot, last_bin[..., None], 1.0, axis=2)
-    used = (treat[:, :context] > 0).any(axis=1).astype(np.float32)
-    age = time[:, 0, -1:].astype(np.float32)
-    return np.concatenate([onehot.reshape(n, -1), used, age], axis=1)
+    """Tabular features of the first ``context`` hours (see :func:`features.tabular_last_values`)."""
+    return tabular_last_values(bins, treat, time, n_bins, context)
 
 
 def hourly_inputs(bins: np.ndarray, treat: np.ndarray, time: np.ndarray, n_bins: int,
                   context: int = 24) -> np.ndarray:
-    """(N, context, C*(n_bins+1) + K + F) float32 per-hour inputs for the GRU."""
-    b = torch.as_tensor(bins[:, :context].astype(np.int64))
-    onehot = F.one_hot(b, n_bins + 1).flatten(2).float().numpy()
-    return np.concatenate([onehot, treat[:, :context], time[:, :context]], axis=2).astype(np.float32)
+    """(N, context, F) float32 per-hour inputs for the GRU (see :func:`features.sequence_inputs`)."""
+    return sequence_inputs(bins, treat, time, n_bins, context)
 
 
 class GRUClassifier(nn.Module):

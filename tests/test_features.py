@@ -1,0 +1,53 @@
+"""The shared hourly inputs: carried-forward values, measured flags, hours since, and hiding values."""
+
+import numpy as np
+import torch
+
+from clin_jepa.data.features import SINCE_CAP_H, carry_forward, hide_observations, sequence_inputs
+
+
+def test_carry_forward_holds_the_last_value_and_counts_hours():
+    bins = torch.zeros(1, 6, 2, dtype=torch.long)
+    bins[0, 1, 0], bins[0, 4, 0] = 3, 2
+    locf, measured, since = carry_forward(bins)
+    assert locf[0, :, 0].tolist() == [0, 3, 3, 3, 2, 2]
+    assert locf[0, :, 1].tolist() == [0] * 6  # never measured: bin 0
+    assert measured[0, :, 0].tolist() == [0, 1, 0, 0, 1, 0]
+    assert since[0, 1, 0] == 0 and since[0, 4, 0] == 0
+    assert 0 < since[0, 2, 0] < since[0, 3, 0] < 1
+    assert torch.all(since[0, :, 1] == 1) and since[0, 0, 0] == 1
+
+
+def test_carry_forward_caps_long_gaps():
+    bins = torch.zeros(1, 80, 1, dtype=torch.long)
+    bins[0, 0, 0] = 1
+    since = carry_forward(bins)[2][0, :, 0]
+    assert since[int(SINCE_CAP_H)] == 1 and since[79] == 1 and since[int(SINCE_CAP_H) - 1] < 1
+
+
+def test_features_are_causal():
+    rng = np.random.default_rng(0)
+    bins = torch.as_tensor(rng.integers(0, 4, size=(5, 30, 3)))
+    changed = bins.clone()
+    changed[:, 20:] = torch.as_tensor(rng.integers(0, 4, size=(5, 10, 3)))
+    for a, b in zip(carry_forward(bins), carry_forward(changed), strict=True):
+        assert torch.equal(a[:, :20], b[:, :20])
+        assert not torch.equal(a[:, 20:], b[:, 20:])
+
+
+def test_hidden_values_carry_the_previous_one_forward():
+    bins = torch.tensor([[[2], [3], [0]]])
+    gen = torch.Generator().manual_seed(0)
+    hidden = hide_observations(bins.repeat(200, 1, 1), 0.4, gen)
+    dropped = hidden[:, 1, 0] == 0
+    assert 0.25 < dropped.float().mean() < 0.55
+    locf, measured, _ = carry_forward(hidden)
+    kept_first = hidden[:, 0, 0] == 2
+    assert torch.all(locf[dropped & kept_first, 1, 0] == 2) and torch.all(measured[dropped, 1, 0] == 0)
+    assert torch.equal(hide_observations(bins, 0.0), bins)
+
+
+def test_sequence_inputs_shape():
+    bins = np.zeros((2, 72, 3), np.int16)
+    x = sequence_inputs(bins, np.zeros((2, 72, 2), np.float32), np.zeros((2, 72, 4), np.float32), 4, 24)
+    assert x.shape == (2, 24, 3 * 5 + 3 + 3 + 2 + 3)
