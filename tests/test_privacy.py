@@ -14,7 +14,7 @@ from clin_jepa.config import PrivacyConfig
 from clin_jepa.curriculum import CurriculumConfig, FixedSchedule, phase_at
 from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import ConfigError
-from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets
+from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import ClinJEPA, preset
 from clin_jepa.models.testing import random_batch
 from clin_jepa.privacy import (
@@ -63,7 +63,7 @@ def _per_sample_loss(model, batch, loss_cfg, phase):
         target = layer_normed_targets(model.target_encoder(batch))
     z = model.encoder(batch)
     loss, _ = jepa_loss(model.predictor, z, target, batch, loss_cfg, with_collapse=phase.trains_encoder,
-                        reduction="none")
+                        reduction="none", **model_terms(model.cfg, batch))
     return loss
 
 

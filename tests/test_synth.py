@@ -50,6 +50,41 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_ground_truth_is_written_beside_the_meds_data_and_joins_each_eligible_stay_once(small: Path) -> None:
+    from clin_jepa.data.harmonize import CodeMapper, find_stays, harmonize
+    from clin_jepa.data.meds import iter_shards
+    from clin_jepa.data.synth.ground_truth import FILENAME, SCHEMA
+
+    for site in SITES:
+        root = small / site
+        assert not list((root / "data").rglob(FILENAME)) and not list((root / "metadata").rglob(FILENAME))
+        gt = pq.read_table(root / FILENAME)
+        assert gt.schema.equals(SCHEMA)
+        df = gt.to_pandas()
+        keys = list(zip(df.subject_id, df.stay_start.astype("int64"), strict=True))
+        assert len(set(keys)) == len(keys)
+        cfg = load_site_config(small / f"{site}.yaml")
+        mapper = CodeMapper(cfg)
+        all_stays, eligible = set(), set()
+        for shard in iter_shards(cfg.data_path):
+            stays = find_stays(harmonize(shard, mapper))
+            pairs = list(zip(stays.subject.tolist(), stays.start.tolist(), strict=True))
+            all_stays.update(pairs)
+            eligible.update(p for p, ok in zip(pairs, stays.eligible, strict=True) if ok)
+        assert set(keys) == all_stays and len(eligible) > 0.8 * len(keys)
+        assert set(df.cohort) == set(COHORTS)
+        stable = df.cohort == "stable"
+        assert df.onset_hour[stable].isna().all() and df.onset_hour[~stable].notna().all()
+        assert not df.deteriorating[stable].any()
+        det = df[df.deteriorating]
+        assert len(det) > 0.1 * len(df) and ((det.onset_hour > 24) & (det.onset_hour < 72)).all()
+        # ``severity_24h`` is defined for every stay still open at hour 24, so for every eligible stay
+        in_eligible = np.array([k in eligible for k in keys])
+        assert df.severity_24h[in_eligible].notna().all() and df.severity_peak[in_eligible].notna().all()
+        assert (df.severity_peak[in_eligible] >= 0).all()
+        assert df.severity_peak[df.deteriorating].median() > 2 * df.severity_peak[stable].median()
+
+
 def test_same_arguments_give_identical_files_and_another_seed_does_not(small: Path, tmp_path: Path) -> None:
     again, other = tmp_path / "again", tmp_path / "other"
     synthesize(again, n_sites=3, n_patients=150, seed=7, subjects_per_shard=40)

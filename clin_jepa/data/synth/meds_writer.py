@@ -2,7 +2,8 @@
 
 Layout: ``data/<split>/<k>.parquet`` (each subject in exactly one shard, its events contiguous and sorted
 by time, static events first), ``metadata/codes.parquet``, ``metadata/subject_splits.parquet`` and
-``metadata/dataset.json``. Nothing in the output depends on the clock or the machine, so the same
+``metadata/dataset.json``; beside them, outside the MEDS layout, ``ground_truth.parquet`` (the hidden
+truth per stay, see ``ground_truth``). Nothing in the output depends on the clock or the machine, so the same
 simulation writes byte-identical files. The dataset is assembled in a hidden sibling folder and renamed
 into place, so an interrupted run never leaves a folder that looks like a finished dataset.
 """
@@ -22,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clin_jepa.data.synth.ground_truth import FILENAME as GROUND_TRUTH_FILE
+from clin_jepa.data.synth.ground_truth import ground_truth_table
 from clin_jepa.data.synth.hospital import US_PER_HOUR, Hospital
 from clin_jepa.data.synth.physiology import MEASUREMENTS, TREATMENTS
 
@@ -180,6 +183,7 @@ def write_hospital(h: Hospital, root: Path, rng: np.random.Generator, subjects_p
             "etl_name": "clin-jepa synth", "etl_version": _package_version(),
             "meds_version": meds.__version__}
     (tmp / meds.dataset_metadata_filepath).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (tmp / GROUND_TRUTH_FILE).write_bytes(_parquet_bytes(ground_truth_table(h)))
     _replace_dir(tmp, root)
     return {"subjects": len(h.subject_id), "stays": len(h.admit_us), "events": len(subject),
             "shards": len(bounds) + 1, "deaths": int(h.course.died.sum())}
