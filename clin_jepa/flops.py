@@ -10,7 +10,8 @@
 Passes per step (``clin_jepa.train.train_steps`` with ``LossConfig.rollout_steps = k``): one target
 forward through ``Ē``, one context forward through ``E`` (plus its backward when the phase trains ``E``),
 and ``k`` predictor passes with their backward (``P`` always trains, and the rollout's later passes read
-the earlier ones' outputs, so gradients flow through all of them). Embedding look-ups, LayerNorm and the
+the earlier ones' outputs, so gradients flow through all of them), one more per look-ahead horizon, and
+the observation head once. Embedding look-ups, LayerNorm and the
 optimizer are left out: they are a few percent of the step at the presets' widths.
 """
 
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from clin_jepa.curriculum import Phase
-from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets
+from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import ClinJEPA, ModelConfig
 
 # Dense bf16 tensor-core peak of the GPUs this project's `base` preset is sized for (NVIDIA datasheets,
@@ -41,8 +42,11 @@ def _attention_flops(batch: int, hours: int, width: int, layers: int) -> int:
 
 
 def analytic_step_flops(cfg: ModelConfig, batch: int, hours: int, trains_encoder: bool,
-                        rollout_steps: int = 2, attention: bool = True) -> int:
+                        rollout_steps: int = 2, attention: bool = True, look_ahead: bool = True) -> int:
     """Closed-form FLOPs of one training step (see the module docstring for which passes count).
+
+    ``P`` runs ``rollout_steps`` passes plus one per look-ahead horizon (``look_ahead``: the loss's
+    ``horizon_weight`` > 0); its observation head reads ``z`` once.
 
     ``attention=False`` leaves out the attention term: FlopCounterMode counts CPU attention as zero
     (torch 2.13 registers no formula for the CPU flash kernel), so that is the figure to compare it with
@@ -54,10 +58,14 @@ def analytic_step_flops(cfg: ModelConfig, batch: int, hours: int, trains_encoder
         model = ClinJEPA(cfg)
     enc = 2 * matmul_params(model.encoder) * tokens + scale * _attention_flops(
         batch, hours, cfg.d_enc, cfg.enc_layers)
-    pred = 2 * matmul_params(model.predictor) * tokens + scale * _attention_flops(
+    head = matmul_params(model.predictor.obs_head) if model.predictor.obs_head is not None else 0
+    pred = 2 * (matmul_params(model.predictor) - head) * tokens + scale * _attention_flops(
         batch, hours, cfg.d_pred, cfg.pred_layers)
+    passes = rollout_steps + (len(cfg.horizons) if look_ahead else 0)
     context = 3 * enc if trains_encoder else enc
-    return enc + context + 3 * rollout_steps * pred
+    # the head's input gradient is only needed when it flows on into a trained E
+    head_cost = (3 if trains_encoder else 2) * 2 * head * tokens
+    return enc + context + 3 * passes * pred + head_cost
 
 
 def measured_step_flops(model: ClinJEPA, batch: dict[str, torch.Tensor], phase: Phase,
@@ -74,7 +82,8 @@ def measured_step_flops(model: ClinJEPA, batch: dict[str, torch.Tensor], phase: 
         with torch.no_grad():
             target = layer_normed_targets(model.target_encoder(batch).float())
         z = model.encoder(batch)
-        loss, _ = jepa_loss(model.predictor, z, target, batch, loss_cfg, with_collapse=phase.trains_encoder)
+        loss, _ = jepa_loss(model.predictor, z, target, batch, loss_cfg, with_collapse=phase.trains_encoder,
+                            **model_terms(model.cfg, batch))
         loss.backward()
     for p in model.parameters():
         p.grad = None

@@ -1,4 +1,5 @@
-"""Clin-JEPA objective: latent prediction (teacher forcing + k-step rollout) + per-sample anti-collapse.
+"""Clin-JEPA objective: latent prediction (teacher forcing + k-step rollout + look-ahead horizons), an
+auxiliary forecast of the next hours' observations, and a per-sample anti-collapse term.
 
 Every term is computed per sample and only averaged over the batch at the very end (``reduction="mean"``),
 or returned per sample (``reduction="none"``), so per-sample gradient clipping (Opacus DP-SGD, including
@@ -19,24 +20,38 @@ import torch.nn.functional as F
 
 from clin_jepa.errors import ConfigError
 
-Predictor = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+Predictor = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """``rollout_steps`` = k (1 = teacher forcing only); ``collapse_floor`` is the hinge target for the
-    per-sample, per-dimension std over hours of the layer-normed online latents."""
+    per-sample, per-dimension std over hours of the layer-normed online latents.
+
+    ``horizon_weight`` scores P's look-ahead predictions (the model's ``horizons``, e.g. t+3 and t+6);
+    ``obs_weight`` the observation head's forecast of the next hours' value bins; ``context_mask`` is the
+    probability that each observed value is hidden from ``E`` (not from ``Ē``) in phases that train
+    ``E``. ``jepa_to_encoder=False`` stops the latent-prediction gradient at ``E``'s output (the control
+    that shows how much of the gain is the auxiliary forecast alone). Measured effects: docs/training.md.
+    """
 
     rollout_steps: int = 2
     rollout_weight: float = 1.0
     collapse_weight: float = 1.0
     collapse_floor: float = 0.5
+    horizon_weight: float = 1.0
+    obs_weight: float = 0.5
+    context_mask: float = 0.4
+    jepa_to_encoder: bool = True
 
     def __post_init__(self) -> None:
         if self.rollout_steps < 1:
             raise ConfigError(f"loss.rollout_steps: must be >= 1, got {self.rollout_steps}")
-        if min(self.rollout_weight, self.collapse_weight, self.collapse_floor) < 0:
+        if min(self.rollout_weight, self.collapse_weight, self.collapse_floor, self.horizon_weight,
+               self.obs_weight) < 0:
             raise ConfigError("loss: weights and collapse_floor must be >= 0")
+        if not 0.0 <= self.context_mask < 1.0:
+            raise ConfigError(f"loss.context_mask: a probability in [0, 1) expected, got {self.context_mask}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,6 +101,39 @@ def rollout_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
     return losses
 
 
+def horizon_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
+                   batch: dict[str, torch.Tensor], horizons: tuple[int, ...]) -> list[torch.Tensor]:
+    """Per-sample L1 of P's look-ahead predictions: row t (horizon embedding i+1) vs ``target[t + h_i]``,
+    scored where both hours lie in the stay; each entry is (B,)."""
+    mask = batch["mask"]
+    out = []
+    for i, h in enumerate(horizons):
+        if h >= z.shape[1]:
+            continue
+        pred = predictor(z, batch, horizon=i + 1)
+        weight = (mask[:, :-h] & mask[:, h:]).to(torch.float32)
+        out.append(_masked_l1(pred[:, :-h], target[:, h:], weight))
+    return out
+
+
+def observation_loss(predictor: Predictor, z: torch.Tensor, bins: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy of the observation head: from ``z_t``, the value bin of every concept
+    measured at hour ``t + h`` (h = 1..H, both hours in the stay), averaged over those cells; (B,)."""
+    logits = predictor(z, {}, observe=True).float()
+    b, t, n_h, c, n_bins = logits.shape
+    total = torch.zeros(b, device=z.device)
+    count = torch.zeros(b, device=z.device)
+    for h in range(1, min(n_h, t - 1) + 1):
+        tgt = bins[:, h:]
+        valid = (tgt > 0) & (mask[:, :-h] & mask[:, h:]).unsqueeze(-1)
+        ce = F.cross_entropy(logits[:, :-h, h - 1].reshape(-1, n_bins), (tgt - 1).clamp_min(0).reshape(-1),
+                             reduction="none").view(b, t - h, c)
+        total = total + (ce * valid).sum(dim=(1, 2))
+        count = count + valid.sum(dim=(1, 2))
+    return total / count.clamp_min(1.0)
+
+
 def collapse_penalty(z: torch.Tensor, mask: torch.Tensor, floor: float) -> torch.Tensor:
     """Per-sample hinge ``mean_d relu(floor - std_t(LN(z)[t, d]))`` over the stay's hours; (B,)."""
     zn = F.layer_norm(z.float(), (z.shape[-1],))
@@ -96,24 +144,46 @@ def collapse_penalty(z: torch.Tensor, mask: torch.Tensor, floor: float) -> torch
     return F.relu(floor - torch.sqrt(var + 1e-4)).mean(dim=-1)
 
 
+def model_terms(model_cfg: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The keyword arguments of :func:`jepa_loss` that a model's config switches on (its look-ahead
+    horizons, and the full value bins when it has an observation head)."""
+    return {"horizons": tuple(model_cfg.horizons),
+            "obs_bins": batch["bins"] if model_cfg.obs_horizons else None}
+
+
 def jepa_loss(predictor: Predictor, z: torch.Tensor, target: torch.Tensor, batch: dict[str, torch.Tensor],
-              cfg: LossConfig, with_collapse: bool = True,
-              reduction: str = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              cfg: LossConfig, with_collapse: bool = True, reduction: str = "mean", *,
+              horizons: tuple[int, ...] = (), obs_bins: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts (detached batch means, kept on device so logging does not sync).
 
     ``target`` must already be layer-normed and detached. ``with_collapse`` adds the anti-collapse term
-    (only useful when ``z`` carries gradients to the encoder). ``reduction="none"`` returns (B,).
+    (only useful when ``z`` carries gradients to the encoder). ``horizons`` (the model's) adds the
+    look-ahead terms; ``obs_bins`` (the full, unhidden value bins) adds the observation forecast.
+    ``reduction="none"`` returns (B,).
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    steps = rollout_losses(predictor, z, target, batch, cfg.rollout_steps)
+    z_jepa = z if cfg.jepa_to_encoder else z.detach()
+    steps = rollout_losses(predictor, z_jepa, target, batch, cfg.rollout_steps)
     total = steps[0]
     if len(steps) > 1:
         total = total + cfg.rollout_weight * torch.stack(steps[1:]).mean(dim=0)
+    parts: dict[str, torch.Tensor] = {}
+    if horizons and cfg.horizon_weight > 0:
+        ahead = horizon_losses(predictor, z_jepa, target, batch, horizons)
+        if ahead:
+            ahead_mean = torch.stack(ahead).mean(dim=0)
+            total = total + cfg.horizon_weight * ahead_mean
+            parts["loss_ahead"] = ahead_mean.detach().mean()
+    if obs_bins is not None and cfg.obs_weight > 0:
+        obs = observation_loss(predictor, z, obs_bins, batch["mask"])
+        total = total + cfg.obs_weight * obs
+        parts["loss_obs"] = obs.detach().mean()
     collapse = collapse_penalty(z, batch["mask"], cfg.collapse_floor)
     if with_collapse and cfg.collapse_weight > 0:
         total = total + cfg.collapse_weight * collapse
-    parts = {f"loss_step{j + 1}": s.detach().mean() for j, s in enumerate(steps)}
+    parts.update({f"loss_step{j + 1}": s.detach().mean() for j, s in enumerate(steps)})
     parts["collapse"] = collapse.detach().mean()
     parts["loss"] = total.detach().mean()
     return (total.mean() if reduction == "mean" else total), parts

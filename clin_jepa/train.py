@@ -16,11 +16,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from clin_jepa.curriculum import HARD_SYNC, CurriculumConfig, Phase, StepPlan
-from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets
+from clin_jepa.data.features import hide_observations
+from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import ClinJEPA
 from clin_jepa.monitors import embedding_monitors, parameter_drift
 
@@ -97,13 +99,15 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
                 schedule: Schedule, step0: int, n_steps: int, privacy: PrivacyHook | None = None, *,
                 loss_cfg: LossConfig | None = None, device: str | torch.device = "cpu", amp: bool = True,
                 log_every: int = 0, on_log: Callable[[int, dict[str, float]], None] | None = None,
-                ) -> tuple[dict[str, float], int]:
+                seed: int = 0) -> tuple[dict[str, float], int]:
     """Run global steps ``step0 .. step0 + n_steps - 1``; return (mean metrics over them, next step).
 
     ``amp`` enables bf16 autocast on CUDA (ignored on CPU). Every ``log_every`` steps and after the last
     step, ``on_log(step, metrics)`` receives that step's losses, loss per rollout step and the
     collapse/drift monitors.
     The returned metrics also carry ``num_examples`` (samples seen, for FedAvg weighting).
+    Which observations ``E`` does not see (``loss_cfg.context_mask``) is a pure function of
+    ``(seed, step)``, like the batches, so a resumed or federated run hides the same values.
     """
     loss_cfg = loss_cfg or LossConfig()
     device = torch.device(device)
@@ -120,7 +124,10 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
             group["lr"] = plan.lr
         if privacy is not None:
             privacy.before_step(step)
-        batch = _to_device(next(batches), device)
+        cpu_batch = next(batches)
+        context = _context_batch(cpu_batch, loss_cfg.context_mask if plan.phase.trains_encoder else 0.0,
+                                 seed, step)
+        batch, context = _to_device(cpu_batch, device), _to_device(context, device)
         batch_size = int(batch["mask"].shape[0])
         n_examples += batch_size
 
@@ -128,10 +135,11 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
             # 1. target forward: Ē under no_grad, layer-normed
             with torch.no_grad():
                 target = layer_normed_targets(model.target_encoder(batch).float())
-            # 2. context forward + loss
-            z = model.encoder(batch)
+            # 2. context forward (E sees the context with some observations hidden) + loss
+            z = model.encoder(context)
             per_sample, parts = jepa_loss(model.predictor, z, target, batch, loss_cfg,
-                                          with_collapse=plan.phase.trains_encoder, reduction="none")
+                                          with_collapse=plan.phase.trains_encoder, reduction="none",
+                                          **model_terms(model.cfg, batch))
         optimizer.zero_grad(set_to_none=True)
         if privacy is not None:
             privacy.backward(per_sample)
@@ -151,13 +159,20 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
         last = step == step0 + n_steps - 1
         if on_log is not None and log_every > 0 and ((step + 1) % log_every == 0 or last):
             on_log(step, {**{k: float(v) for k, v in parts.items()}, **_plan_metrics(plan),
-                          **embedding_monitors(z.detach(), batch["mask"]),
+                          **embedding_monitors(z.detach(), batch["mask"], batch["pos"]),
                           "drift": parameter_drift(model.encoder, model.target_encoder)})
     metrics = {k: float(v) / max(1, n_scored) for k, v in sums.items()}
     if plan is not None:
         metrics.update(_plan_metrics(plan))
     metrics["num_examples"] = float(n_examples)
     return metrics, step0 + n_steps
+
+
+def _context_batch(batch: Batch, prob: float, seed: int, step: int) -> Batch:
+    if prob <= 0.0:
+        return batch
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+    return {**batch, "bins": hide_observations(batch["bins"], prob, gen)}
 
 
 def _plan_metrics(plan: StepPlan) -> dict[str, float]:

@@ -46,11 +46,14 @@ class TrainerConfig:
     amp: bool = True
     compile: bool = False
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides of the preset
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "hours"):
+        for name in ("batch_size", "log_every", "hours"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:  # 0 = the seeded, untrained initialization (the paired control of a seed)
+            raise ConfigError(f"train.steps: must be >= 0, got {self.steps}")
         if self.ckpt_every < 0:
             raise ConfigError(f"train.ckpt_every: must be >= 0 (0 = only at the end), got {self.ckpt_every}")
         if self.device not in ("cpu", "cuda", "auto"):
@@ -135,7 +138,8 @@ class _Run:
         return Checkpoint.from_model(
             self.model, curriculum=self.ccfg.to_dict(), discretization=self.data.disc.to_dict(),
             tasks=list(self.data.task_names), step=self.step,
-            phase=phase_at(max(0, self.step - 1), self.tcfg.steps, self.ccfg).name,
+            phase=(phase_at(max(0, self.step - 1), self.tcfg.steps, self.ccfg).name if self.tcfg.steps
+                   else "init"),
             optimizer=self.optimizer.state_dict(), metrics=metrics,
             extra={"trainer": self.tcfg.to_dict(), "sites": list(self.data.sites),
                    "rng": {"torch": torch.get_rng_state()}})
@@ -164,9 +168,9 @@ def _open_run(sites: Sequence[str | Path], out: Path, tcfg: TrainerConfig | None
         torch.set_rng_state(ckpt.extra["rng"]["torch"])
     else:
         torch.manual_seed(tcfg.seed)
-        model = ClinJEPA(preset(tcfg.preset, n_concepts=len(data.disc.concepts),
-                                n_treatments=len(data.disc.treatments), n_bins=data.disc.n_bins,
-                                max_hours=max(tcfg.hours, 128)))
+        dims = {"n_concepts": len(data.disc.concepts), "n_treatments": len(data.disc.treatments),
+                "n_bins": data.disc.n_bins, "max_hours": max(tcfg.hours, 128)}
+        model = ClinJEPA(preset(tcfg.preset, **{**tcfg.model, **dims}))
         step = 0
     device = resolve_device(tcfg.device)
     model.to(device)
@@ -217,7 +221,8 @@ def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: Traine
         start = time.perf_counter()
         metrics, run.step = train_steps(run.model, batches, run.optimizer, schedule, run.step, n,
                                         loss_cfg=tcfg.loss, device=run.device, amp=tcfg.amp,
-                                        log_every=tcfg.log_every, on_log=lambda _s, d: monitors.update(d))
+                                        log_every=tcfg.log_every, on_log=lambda _s, d: monitors.update(d),
+                                        seed=tcfg.seed)
         hours_per_s = metrics["num_examples"] * run.data.train.hours / max(time.perf_counter() - start, 1e-9)
         if run.step % tcfg.log_every == 0 or run.step == end:
             record = {"step": run.step, "phase": phase_at(run.step - 1, tcfg.steps, run.ccfg).name, **metrics,

@@ -6,7 +6,7 @@ from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 
 from clin_jepa.errors import CheckpointError, ConfigError
-from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets
+from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, preset, set_group_state
 from clin_jepa.models.testing import random_batch
 
@@ -104,7 +104,8 @@ def test_opacus_per_sample_gradients_are_per_sample():
     with torch.no_grad():
         target = layer_normed_targets(model.target_encoder(batch))
     enc, pred = GradSampleModule(model.encoder), GradSampleModule(model.predictor)
-    loss, _ = jepa_loss(pred, enc(batch), target, batch, LossConfig(collapse_floor=2.0))
+    loss, _ = jepa_loss(pred, enc(batch), target, batch, LossConfig(collapse_floor=2.0),
+                        **model_terms(cfg, batch))
     loss.backward()
     i = 2
     one = {k: v[i: i + 1] for k, v in batch.items()}
@@ -113,7 +114,7 @@ def test_opacus_per_sample_gradients_are_per_sample():
     enc.zero_grad(set_to_none=True)
     pred.zero_grad(set_to_none=True)
     loss_i, _ = jepa_loss(model.predictor, model.encoder(one), target[i: i + 1], one,
-                          LossConfig(collapse_floor=2.0))
+                          LossConfig(collapse_floor=2.0), **model_terms(cfg, one))
     loss_i.backward()
     checked = 0
     for p in model.online_parameters():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 HELP = "Train Clin-JEPA centrally on the pooled train splits of one or more sites (no federation)."
 
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped "
                         "(all settings come from DIR/ckpt.pt)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="model size (default small)")
-    parser.add_argument("--steps", type=int, help="total optimizer steps of the curriculum (default 1000)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps of the curriculum (default 1000); "
+                        "0 writes the seeded initial weights (the untrained control of --seed)")
     parser.add_argument("--mode", choices=MODES, help="curriculum (default) or an ablation")
     parser.add_argument("--seed", type=int, help="seed of initialization and batch order (default 0)")
     parser.add_argument("--batch-size", type=int, help="stays per batch (default: first site's "
@@ -38,7 +40,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"),
                         help="default: first site's training.device")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                        help="override one setting of the model (e.g. model.obs_horizons=0), the loss "
+                             "(loss.context_mask=0.2) or the curriculum (curriculum.warmup=0.2); repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["loss.obs_weight=0", "model.horizons=[3]"]`` -> ``{"loss": {...}, "model": {...}, ...}``; values
+    are YAML scalars or lists. Unknown keys are refused later by each config's ``from_dict``."""
+    import yaml
+
+    from clin_jepa.errors import ConfigError
+
+    out: dict[str, dict[str, Any]] = {"model": {}, "loss": {}, "curriculum": {}}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in out or not name:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of "
+                              f"{sorted(out)} (e.g. --set loss.obs_weight=0)")
+        try:
+            out[section][name] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not a YAML scalar or list ({exc})") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in RUN_SETTINGS if getattr(args, k) is not None]
-        if given or args.compile:
+        if given or args.compile or args.overrides:
             raise ConfigError(f"--resume continues the stored run with its own settings; drop {given}")
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise ConfigError("--resume DIR writes into DIR; do not give a different --out")
@@ -60,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--out DIR is required (or --resume DIR to continue a run)")
         first = load_site_config(args.sites[0])
         tcfg = TrainerConfig(
-            preset=args.preset or "small", steps=args.steps or 1000,
+            preset=args.preset or "small", steps=1000 if args.steps is None else args.steps,
             batch_size=args.batch_size or first.batch_size, seed=args.seed or 0,
             log_every=args.log_every or 25, ckpt_every=args.ckpt_every or 0, hours=args.hours or 72,
             device=args.device or first.device, compile=args.compile,

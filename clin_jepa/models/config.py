@@ -16,6 +16,11 @@ class ModelConfig:
     The data dimensions (``n_concepts``, ``n_treatments``, ``n_bins``, ``n_time``) must match the
     discretization the model is trained on; ``max_hours`` bounds the positional table (>= T).
     The latent width is ``d_enc``: the predictor reads and predicts vectors of that size.
+    ``horizons`` are the extra look-ahead hours (besides 1) the predictor is asked for, each selected by a
+    learned horizon embedding; ``obs_horizons`` > 0 adds a head forecasting the observed value bins of
+    the next ``obs_horizons`` hours from a latent. ``residual`` makes ``P`` predict ``LN(z_t) + Δ``.
+    ``encoder_positions`` puts the learned hour-position table back into ``E`` (an ablation only: it lets
+    the objective be met by the clock, see docs/training.md).
     """
 
     n_concepts: int = 16
@@ -31,12 +36,20 @@ class ModelConfig:
     pred_heads: int = 4
     mlp_ratio: int = 4
     treat_conditioning: bool = True
+    residual: bool = True
+    horizons: tuple[int, ...] = (3, 6)
+    obs_horizons: int = 6
+    encoder_positions: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_concepts", "n_bins", "n_time", "max_hours", "d_enc", "enc_layers", "enc_heads",
                      "d_pred", "pred_layers", "pred_heads", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if any(int(h) < 2 for h in self.horizons) or len(set(self.horizons)) != len(self.horizons):
+            raise ConfigError(f"model.horizons: distinct hours >= 2 expected, got {list(self.horizons)}")
+        if self.obs_horizons < 0:
+            raise ConfigError(f"model.obs_horizons: must be >= 0, got {self.obs_horizons}")
         if self.n_treatments < 0:
             raise ConfigError(f"model.n_treatments: must be >= 0, got {self.n_treatments}")
         for width, heads in (("d_enc", "enc_heads"), ("d_pred", "pred_heads")):
@@ -53,6 +66,8 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"model config: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        if "horizons" in d:
+            d = {**d, "horizons": tuple(int(h) for h in d["horizons"])}
         return cls(**d)
 
 

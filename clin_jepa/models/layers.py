@@ -47,16 +47,21 @@ class Block(nn.Module):
 
 
 class CausalTransformer(nn.Module):
-    """Learned hour positions + a stack of causal blocks + final LayerNorm; (B,T,d), (B,T) -> (B,T,d)."""
+    """Optional learned hour positions + causal blocks + final LayerNorm; (B,T,d), (B,T) -> (B,T,d).
+
+    Without positions (``max_len=0``) the order of hours still reaches the network through the causal
+    mask, but no absolute hour index does.
+    """
 
     def __init__(self, d: int, n_layers: int, n_heads: int, mlp_ratio: int, max_len: int) -> None:
         super().__init__()
-        self.pos = nn.Embedding(max_len, d)
+        self.pos = nn.Embedding(max_len, d) if max_len > 0 else None
         self.blocks = nn.ModuleList(Block(d, n_heads, mlp_ratio) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos(pos)
+        if self.pos is not None:
+            x = x + self.pos(pos)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
