@@ -21,13 +21,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.privacy import budget_exhausted_reply, central_dp_metrics, clip_if_asked
+from client.privacy import budget_exhausted_reply, central_dp_metrics, clip_if_asked, pin_privacy_settings
 from client.site import ServerSchedule, Site, get_site, site_config_path
 from clin_jepa.curriculum import Phase
 from clin_jepa.data.stats import Discretization
 from clin_jepa.federation import FederationConfig, encode_reply, split_groups, unpack_arrays
 from clin_jepa.models import ModelConfig
-from clin_jepa.privacy import BudgetExhausted
+from clin_jepa.privacy import BudgetExhausted, check_run_id
 from clin_jepa.security.disclosure import min_patients_from, suppress_small_aggregates
 
 app = ClientApp()
@@ -71,10 +71,12 @@ def train(msg: Message, context: Context) -> Message:
     schedule = ServerSchedule(phase, tuple(float(x) for x in config["lr-steps"]), step0)
     disc = Discretization.from_dict(json.loads(str(config["discretization"])))
     model_cfg = ModelConfig.from_dict(json.loads(str(config["model-config"])))
+    run_id = check_run_id(config.get("run-id"))  # names files in the site's state_dir
+    min_patients = min_patients_from(context.node_config)
+    pin_privacy_settings(site.cfg, fed, run_id, min_patients)
     _inject_fault(fed, site.name, rnd, "before")
     try:
-        trained, metrics = site.train_round(model_cfg, disc, groups, schedule, n_steps, fed,
-                                            str(config["run-id"]), rnd)
+        trained, metrics = site.train_round(model_cfg, disc, groups, schedule, n_steps, fed, run_id, rnd)
     except BudgetExhausted as exc:
         return budget_exhausted_reply(msg, exc)
     metrics.update(central_dp_metrics(fed))
@@ -86,7 +88,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics["client-time-s"] = time.perf_counter() - t0
     # No aggregate over fewer than the hospital's min-patients leaves the site (node config).
     n_patients = len(np.unique(site.train_tensors(disc, fed.hours).subject_id))
-    metrics = suppress_small_aggregates(metrics, n_patients, min_patients_from(context.node_config))
+    metrics = suppress_small_aggregates(metrics, n_patients, min_patients)
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(reply[k])) for k in sent})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -4,6 +4,8 @@ budget is spent, and Flower's client-side clipping mod applied only when the ser
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.mod import fixedclipping_mod
@@ -18,6 +20,7 @@ from clin_jepa.privacy import (
     BudgetExhausted,
     DPSettings,
     PrivacyLedger,
+    pin_run_settings,
     private_train_steps,
     resolve_dp_settings,
     sample_rate,
@@ -29,6 +32,15 @@ from clin_jepa.train import Schedule
 def site_dp(cfg: SiteConfig, fed: FederationConfig) -> DPSettings | None:
     """Sample-level DP of this site in this run (its ``privacy:`` block and the run config), or None."""
     return resolve_dp_settings(cfg.privacy, fed.dp_sample())
+
+
+def pin_privacy_settings(cfg: SiteConfig, fed: FederationConfig, run_id: str, min_patients: int) -> None:
+    """Refuse a round of run ``run_id`` whose DP settings or ``min-patients`` differ from the run's first
+    round at this site. The lifetime budget is left out: the ledger enforces the current one each round,
+    and a hospital may lower it at any time."""
+    dp = site_dp(cfg, fed)
+    pinned = None if dp is None else {k: v for k, v in asdict(dp).items() if not k.startswith("lifetime_")}
+    pin_run_settings(cfg.state_dir, run_id, {"dp": pinned, "min-patients": min_patients})
 
 
 def train_round_with_dp(cfg: SiteConfig, dp: DPSettings, model: ClinJEPA, optimizer: torch.optim.Optimizer,

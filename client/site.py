@@ -38,6 +38,7 @@ from clin_jepa.errors import ConfigError
 from clin_jepa.federation import FederationConfig
 from clin_jepa.io import atomic_write_bytes
 from clin_jepa.models import ClinJEPA, ModelConfig, get_group_state, set_group_state
+from clin_jepa.privacy.runs import check_run_id, run_path
 from clin_jepa.train import build_optimizer, train_steps
 
 # A simulation worker that kept every site it ever served grew with the rounds until it had met them all
@@ -133,7 +134,7 @@ class Site:
         return self._model[1]
 
     def _optimizer_path(self, run_id: str) -> Path:
-        return Path(self.cfg.state_dir) / "federated" / run_id / "optimizer.pt"
+        return run_path(self.cfg.state_dir, "federated", check_run_id(run_id), "optimizer.pt")
 
     def optimizer(self, model: ClinJEPA, cur: CurriculumConfig, run_id: str,
                   rnd: int) -> torch.optim.Optimizer:

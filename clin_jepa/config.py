@@ -6,6 +6,7 @@ together. Every invalid value raises :class:`ConfigError` naming the key path an
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,14 +129,15 @@ def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
     delta = _get(raw, "delta", path, (int, float), 1e-5)
     clip = _get(raw, "max_grad_norm", path, (int, float), 1.0)
     noise = _get(raw, "noise_multiplier", path, (int, float, type(None)), None)
-    if eps <= 0:
-        raise ConfigError(f"{path}.target_epsilon: must be > 0, got {eps}")
+    # Written as "not x > 0" so that NaN fails too; inf would switch the budget off.
+    if not 0 < eps < math.inf:
+        raise ConfigError(f"{path}.target_epsilon: must be a finite number > 0, got {eps}")
     if not 0 < delta < 1:
         raise ConfigError(f"{path}.delta: must be in (0, 1), got {delta}")
-    if clip <= 0:
-        raise ConfigError(f"{path}.max_grad_norm: must be > 0, got {clip}")
-    if noise is not None and noise <= 0:
-        raise ConfigError(f"{path}.noise_multiplier: must be > 0 or null, got {noise}")
+    if not 0 < clip < math.inf:
+        raise ConfigError(f"{path}.max_grad_norm: must be a finite number > 0, got {clip}")
+    if noise is not None and not 0 < noise < math.inf:
+        raise ConfigError(f"{path}.noise_multiplier: must be a finite number > 0 or null, got {noise}")
     return PrivacyConfig(bool(_get(raw, "enabled", path, bool, False)), eps, delta, clip, noise)
 
 

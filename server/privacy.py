@@ -83,15 +83,20 @@ def budget_exhausted(msg: Message) -> str | None:
 
 def record_privacy(outer: Strategy, line: dict[str, Any], accountants: dict[str, Any]) -> None:
     """Add this round's privacy to the metrics ``line`` and update the checkpoint's ``accountants``:
-    client-level ε (Flower's accountant) and each site's reported cumulative sample-level ε."""
+    client-level ε (Flower's accountant) and the cumulative sample-level ε of each site that reported one
+    in this round. The line never carries a site's ε over from an earlier round: a round a site trained
+    without DP (or did not train) has no sample-level entry for it; the checkpoint keeps the last one."""
     sample = dict(accountants.get(SAMPLE_LEVEL, {}))
+    this_round = {}
     for site, entry in line.get("sites", {}).items():
         if EPSILON in entry:
             sample[site] = {"epsilon": entry[EPSILON], "delta": entry.get("dp-delta"), "round": line["round"]}
+            this_round[site] = entry[EPSILON]
     privacy: dict[str, Any] = {}
     if sample:
         accountants[SAMPLE_LEVEL] = sample
-        privacy[SAMPLE_LEVEL] = {s: v["epsilon"] for s, v in sample.items()}
+    if this_round:
+        privacy[SAMPLE_LEVEL] = this_round
     if isinstance(outer, DPWrapper):
         spent = outer.privacy_spent()
         if spent is None:

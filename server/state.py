@@ -32,7 +32,12 @@ from clin_jepa.security.signing import sign_file, verify_file
 LATEST = "ckpt.pt"
 METRICS = "metrics.jsonl"
 # Settings that define the schedule: a resumed run must agree on them or it would not continue the same run.
-SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "preset", "seed", "n_bins", "hours", "batch_size")
+# The DP settings belong to it: the sites planned their noise, and the earlier rounds were released, under
+# them (each site also pins its own DP settings and min-patients per run: client.privacy).
+SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "preset", "seed", "n_bins", "hours", "batch_size",
+                 "dp_central", "dp_noise_multiplier", "dp_clipping_norm", "dp_central_delta",
+                 "dp_sample_epsilon", "dp_sample_delta", "dp_sample_max_grad_norm",
+                 "dp_sample_noise_multiplier", "dp_sample_mode", "dp_sample_accountant")
 
 
 def model_config_for(cfg: FederationConfig, disc: Discretization) -> ModelConfig:

@@ -70,7 +70,10 @@ def _with(**changes: object) -> dict:
     (_with(code_map=[{"code": "A"}]), "code_map[0].concept: required key is missing"),
     (_with(ignore_codes=[3]), "ignore_codes[0]: expected a code regex string, got 3"),
     (_with(privacy__delta=2.0), "privacy.delta: must be in (0, 1), got 2.0"),
-    (_with(privacy__target_epsilon=0), "privacy.target_epsilon: must be > 0"),
+    (_with(privacy__target_epsilon=0), "privacy.target_epsilon: must be a finite number > 0"),
+    (_with(privacy__target_epsilon=float("inf")), "privacy.target_epsilon: must be a finite number > 0"),
+    (_with(privacy__target_epsilon=float("nan")), "privacy.target_epsilon: must be a finite number > 0"),
+    (_with(privacy__max_grad_norm=float("nan")), "privacy.max_grad_norm: must be a finite number > 0"),
     (_with(privacy__epsilon=1.0), "privacy: unknown key(s) ['epsilon']"),
 ])
 def test_invalid_values_name_key_path_and_allowed_values(tmp_path: Path, raw: object, message: str) -> None:

@@ -30,15 +30,13 @@ from clin_jepa.privacy import (
 )
 from clin_jepa.train import build_optimizer, train_steps
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*[Ff]ull backward hook.*", "ignore:.*CPU autocast.*",
-                                        "ignore:Optimal order is the largest alpha",
-                                        "ignore:.*Secure RNG.*")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:.*[Ff]ull backward hook.*", "ignore:.*CPU autocast.*",
+                                         "ignore:Optimal order is the largest alpha",
+                                         "ignore:.*Secure RNG.*")]
 CUR = CurriculumConfig(fractions=(0.2, 0.2, 0.2, 0.2, 0.2), lr=1e-3, lr_warmup=0.0)
 WARMUP, JOINT = phase_at(0, 10, CUR), phase_at(3, 10, CUR)
 HOURS = 12
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed=0):
@@ -214,10 +212,13 @@ def test_restart_continues_epsilon_and_corrupt_ledger_refuses(tmp_path):
     second, _ = _round(tmp_path, 2)
     assert second["dp-epsilon"] > first["dp-epsilon"]
     assert second["dp-noise-multiplier"] == first["dp-noise-multiplier"]
-    # another run on the same data has its own budget, but the all-runs ε composes both
+    # another run on the same data gets no fresh budget: the site's lifetime ε composes both runs, and the
+    # new run is refused as soon as the composition would exceed it (tests/test_privacy_budget.py)
     other, _ = _round(tmp_path, 1, run_id="run2")
-    assert other["dp-epsilon"] == pytest.approx(first["dp-epsilon"])
+    assert other["dp-epsilon"] == pytest.approx(first["dp-epsilon"])  # this run's own share
     assert other["dp-epsilon-all-runs"] > second["dp-epsilon"]
+    with pytest.raises(BudgetExhausted, match="lifetime budget"):
+        _round(tmp_path, 2, run_id="run2")
     (tmp_path / "privacy" / "run1.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable.*reset"):
         _round(tmp_path, 3)

@@ -3,18 +3,28 @@
 One JSON file per training run in ``<state_dir>/privacy/<run_id>.json`` holds the run's plan (noise
 multiplier, sampling rate, planned steps) and the Opacus accountant's history, a list of
 ``(noise_multiplier, sample_rate, steps)``. It is read before every round (by any process: a simulation
-worker that did not run the previous round, or a restarted SuperNode) and rewritten atomically after the
-round's DP steps, before the reply leaves the site. An unreadable ledger stops training: starting a fresh
-one would silently reset ε.
+worker that did not run the previous round, or a restarted SuperNode). An unreadable ledger stops
+training: starting a fresh one would silently reset ε.
+
+The budget belongs to the site, not to the run: the run id comes from the coordinator, and a new id must
+not buy a new budget. :meth:`PrivacyLedger.reserve` therefore checks two limits under a lock on the
+state directory: the run's target (the smaller of the site's and the run config's ε) for this run's
+history, and the site's *lifetime* budget (its config ``privacy.target_epsilon`` at ``privacy.delta``)
+for the composition of every run's history in the state directory. It writes the round's steps to disk
+before the first of them is taken, so a crash between spending and sending counts as spent.
 
 Invariants: ``history`` only grows; ``epsilon()`` is the accountant's ε at the ledger's δ for exactly that
-history; a round is refused (:class:`BudgetExhausted`) when its steps would take ε above the target.
+history; a round is refused (:class:`BudgetExhausted`) when its steps would take the run's ε above its
+target or the site's all-runs ε above its lifetime budget.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,7 @@ from typing import Any
 from clin_jepa.errors import ConfigError, PrivacyBudgetExceeded
 from clin_jepa.io import atomic_write_text
 from clin_jepa.privacy.planning import DPSettings, plan_noise_multiplier
+from clin_jepa.privacy.runs import check_run_id, run_path
 
 LEDGER_VERSION = 1
 History = list[tuple[float, float, int]]
@@ -36,9 +47,21 @@ class BudgetExhausted(PrivacyBudgetExceeded):
 
 
 def ledger_path(state_dir: str | Path, run_id: str) -> Path:
-    if not run_id or any(c in run_id for c in "/\\") or run_id.startswith("."):
-        raise ConfigError(f"privacy ledger: run id {run_id!r} cannot name a file")
-    return Path(state_dir) / "privacy" / f"{run_id}.json"
+    """The run's ledger file; a :class:`ConfigError` for a run id that could name a file elsewhere."""
+    return run_path(state_dir, "privacy", f"{check_run_id(run_id)}.json")
+
+
+@contextmanager
+def _locked(privacy_dir: Path) -> Iterator[None]:
+    """Serialize check-and-spend across processes: two runs at one site must not both pass the lifetime
+    check on the same remaining budget."""
+    privacy_dir.mkdir(parents=True, exist_ok=True)
+    with (privacy_dir / ".lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def compute_epsilon(history: History, delta: float, accountant: str = "rdp") -> float:
@@ -77,6 +100,8 @@ class PrivacyLedger:
     max_grad_norm: float
     history: History = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    lifetime_epsilon: float = 0.0  # the site's budget over all runs (0 in old ledgers: the run's target)
+    lifetime_delta: float = 0.0
 
     @classmethod
     def open(cls, state_dir: str | Path, *, site: str, run_id: str, settings: DPSettings, rate: float,
@@ -91,6 +116,7 @@ class PrivacyLedger:
             ledger = cls(path, site, run_id, settings.accountant, settings.delta, settings.target_epsilon,
                          plan_noise_multiplier(settings, rate, planned_steps), rate, planned_steps,
                          settings.max_grad_norm)
+            ledger.lifetime_epsilon, ledger.lifetime_delta = settings.lifetime()
             ledger.save()
             return ledger
         ledger = cls.load(path)
@@ -101,6 +127,7 @@ class PrivacyLedger:
             raise ConfigError(f"privacy ledger {path} accounts with {ledger.accountant!r}; the run now asks "
                               f"for {settings.accountant!r}, which cannot continue its history")
         ledger.target_epsilon, ledger.delta = settings.target_epsilon, settings.delta
+        ledger.lifetime_epsilon, ledger.lifetime_delta = settings.lifetime()
         ledger.sample_rate = rate
         ledger.max_grad_norm = settings.max_grad_norm
         return ledger
@@ -136,15 +163,52 @@ class PrivacyLedger:
             history = _append(history, self.noise_multiplier, self.sample_rate, extra_steps)
         return compute_epsilon(history, self.delta, self.accountant)
 
+    def _lifetime(self) -> tuple[float, float]:
+        if self.lifetime_epsilon > 0 and 0 < self.lifetime_delta < 1:
+            return self.lifetime_epsilon, self.lifetime_delta
+        return self.target_epsilon, self.delta
+
+    def _other_runs(self) -> History:
+        """The histories of every other run's ledger in this state directory (an unreadable one stops
+        the site: its spend cannot be left out of the lifetime budget)."""
+        history: History = []
+        for path in sorted(self.path.parent.glob("*.json")):
+            if path.resolve() != self.path.resolve():
+                history += PrivacyLedger.load(path).history
+        return history
+
+    def lifetime_epsilon_spent(self, extra_steps: int = 0) -> float:
+        """ε of every run on this site's state directory, at the site's lifetime δ."""
+        history = self.history
+        if extra_steps:
+            history = _append(history, self.noise_multiplier, self.sample_rate, extra_steps)
+        return compute_epsilon(self._other_runs() + list(history), self._lifetime()[1], self.accountant)
+
     def check(self, n_steps: int) -> None:
-        """Raise :class:`BudgetExhausted` if ``n_steps`` more DP steps would exceed the target ε."""
-        after = self.epsilon(n_steps)
-        if after > self.target_epsilon:
+        """Raise :class:`BudgetExhausted` if ``n_steps`` more DP steps would exceed the run's target ε or
+        the site's lifetime budget."""
+        after, spent = self.epsilon(n_steps), self.epsilon()
+        limit, where = self.target_epsilon, f"this run's target {self.target_epsilon:g} at δ={self.delta:g}"
+        if after <= limit:
+            after, spent = self.lifetime_epsilon_spent(n_steps), self.lifetime_epsilon_spent()
+            limit, delta = self._lifetime()
+            where = f"the site's lifetime budget {limit:g} at δ={delta:g} over all runs"
+        if after > limit:
             raise BudgetExhausted(
                 f"site {self.site}: privacy budget exhausted: {n_steps} more DP steps would spend "
-                f"ε={after:.3f} > target {self.target_epsilon:g} at δ={self.delta:g} (spent so far "
-                f"ε={self.epsilon():.3f} over {self.steps} steps); the site stops training in this run",
+                f"ε={after:.3f} > {where} (spent so far ε={spent:.3f}); the site does not train",
                 {**self.metrics(), "dp-budget-exhausted": 1})
+
+    def reserve(self, rnd: int, n_steps: int) -> None:
+        """Check the budget for round ``rnd``'s ``n_steps`` DP steps and record them as spent, on disk,
+        before the first is taken. A round that fails half-way keeps its whole reservation: ε is never
+        under-counted, only (after a failure) over-counted."""
+        with _locked(self.path.parent):
+            if self.path.exists():  # another process of this site may have spent since we opened it
+                on_disk = PrivacyLedger.load(self.path)
+                self.history, self.rounds = on_disk.history, on_disk.rounds
+            self.check(n_steps)
+            self.record(rnd, n_steps)
 
     def record(self, rnd: int, n_steps: int) -> None:
         """Add ``n_steps`` DP steps taken in round ``rnd`` and save (call before the update leaves)."""
@@ -162,13 +226,6 @@ class PrivacyLedger:
                 "dp-target-epsilon": self.target_epsilon,
                 "dp-noise-multiplier": self.noise_multiplier, "dp-sample-rate": self.sample_rate,
                 "dp-steps": self.steps, "dp-planned-steps": self.planned_steps,
-                "dp-epsilon-all-runs": all_runs_epsilon(self.path.parent, self.delta, self.accountant),
-                "dp-budget-exhausted": 0}
+                "dp-epsilon-all-runs": self.lifetime_epsilon_spent(),
+                "dp-lifetime-epsilon": self._lifetime()[0], "dp-budget-exhausted": 0}
 
-
-def all_runs_epsilon(privacy_dir: Path, delta: float, accountant: str = "rdp") -> float:
-    """ε of every DP step any run took on this site's data (the ledgers of one state dir composed)."""
-    history: History = []
-    for path in sorted(Path(privacy_dir).glob("*.json")):
-        history += PrivacyLedger.load(path).history
-    return compute_epsilon(history, delta, accountant)

@@ -5,10 +5,14 @@ hospital's block is a floor the coordinator cannot lower: where both are on, the
 δ win. The noise multiplier is planned once per run for the site's *planned total* number of DP steps
 (every round × local steps), so spending the whole plan lands at (or just under) the target ε:
 ``opacus.accountants.utils.get_noise_multiplier`` on that step count, never on one round's.
+
+The site's block also sets its *lifetime* budget (``DPSettings.lifetime``): ε over every run on its data,
+enforced by the ledger whatever run id the coordinator sends, even when only the run config switched DP on.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from clin_jepa.config import PrivacyConfig
@@ -28,8 +32,23 @@ class DPSettings:
     noise_multiplier: float | None = None
     mode: str = "hooks"
     accountant: str = "rdp"
+    # The site's budget over all runs (its config privacy.target_epsilon / delta); None = the run's target.
+    lifetime_epsilon: float | None = None
+    lifetime_delta: float | None = None
+
+    def lifetime(self) -> tuple[float, float]:
+        """(ε, δ) the site may spend over every run on its data."""
+        return (self.lifetime_epsilon or self.target_epsilon, self.lifetime_delta or self.delta)
 
     def __post_init__(self) -> None:
+        for name in ("target_epsilon", "lifetime_epsilon", "max_grad_norm", "noise_multiplier"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"DP {name.replace('_', ' ')} must be a finite number, got {value}")
+        if self.lifetime_epsilon is not None and not self.lifetime_epsilon > 0:
+            raise ConfigError(f"DP lifetime epsilon must be > 0, got {self.lifetime_epsilon}")
+        if self.lifetime_delta is not None and not 0 < self.lifetime_delta < 1:
+            raise ConfigError(f"DP lifetime delta must be in (0, 1), got {self.lifetime_delta}")
         if not self.target_epsilon > 0:
             raise ConfigError(f"DP target epsilon must be > 0, got {self.target_epsilon}")
         if not 0 < self.delta < 1:
@@ -58,7 +77,7 @@ class RunDPOverrides:
 
     def __post_init__(self) -> None:
         for key in ("epsilon", "max_grad_norm", "noise_multiplier"):
-            if not getattr(self, key) >= 0:
+            if not 0 <= getattr(self, key) < math.inf:
                 raise ConfigError(f"run config dp-sample-{key.replace('_', '-')}: must be >= 0 "
                                   f"(0 = not set), got {getattr(self, key)}")
         if not 0 <= self.delta < 1:
@@ -85,7 +104,8 @@ def resolve_dp_settings(site: PrivacyConfig, run: RunDPOverrides) -> DPSettings 
     return DPSettings(
         target_epsilon=min(e for e, _ in sources), delta=min(d for _, d in sources),
         max_grad_norm=run.max_grad_norm if run.max_grad_norm > 0 else site.max_grad_norm,
-        noise_multiplier=noise, mode=run.mode, accountant=run.accountant)
+        noise_multiplier=noise, mode=run.mode, accountant=run.accountant,
+        lifetime_epsilon=site.target_epsilon, lifetime_delta=site.delta)
 
 
 def sample_rate(batch_size: int, n_train: int) -> float:

@@ -47,35 +47,31 @@ def private_train_steps(model: ClinJEPA, optimizer: torch.optim.Optimizer, tenso
     """Run DP steps ``step0 .. step0 + n_steps - 1``; return (public metrics + ledger metrics, next step).
 
     Raises :class:`~clin_jepa.privacy.ledger.BudgetExhausted` *before* any step when the round would take
-    ε above the target. Every step taken is recorded in the ledger (saved to disk) even if training
-    fails half-way, so ε is never under-counted. ``num_examples`` is the expected count
+    ε above the run's target or the site's lifetime budget. The round's steps are written to the ledger
+    before the first is taken (:meth:`PrivacyLedger.reserve`), so a crash or an exception half-way leaves
+    them counted: ε is never under-counted. ``num_examples`` is the expected count
     ``n_steps * expected_batch_size``, not the drawn one (which would reveal the Poisson draws).
     ``batches`` replaces the site's Poisson sampler (tests only).
     """
     loss_cfg = loss_cfg or LossConfig()
-    if settings.mode == "ghost" and loss_cfg.rollout_steps > 1:
-        raise ConfigError(f"DP grad-sample mode 'ghost' cannot clip a predictor called "
-                          f"{loss_cfg.rollout_steps} times per step (Opacus: parameter tying); use mode "
-                          f"'hooks' or rollout_steps 1")
-    ledger.check(n_steps)
+    calls = loss_cfg.rollout_steps + (len(model.cfg.horizons) if loss_cfg.horizon_weight > 0 else 0)
+    if settings.mode == "ghost" and calls > 1:
+        raise ConfigError(f"DP grad-sample mode 'ghost' cannot clip a predictor called {calls} times per "
+                          f"step (Opacus: parameter tying); use mode 'hooks', or rollout_steps 1 with "
+                          f"horizon_weight 0")
+    ledger.reserve(rnd, n_steps)
     batches = batches if batches is not None else poisson_batches(tensors, ledger.sample_rate)
     metrics: dict[str, float] = {}
-    step, taken = step0, 0
-    try:
-        for first, length in _phase_runs(schedule, step0, n_steps):
-            wrapped = private_training(model, optimizer, schedule.at(first).phase,
-                                       noise_multiplier=ledger.noise_multiplier,
-                                       max_grad_norm=settings.max_grad_norm,
-                                       expected_batch_size=expected_batch_size, mode=settings.mode)
-            with wrapped as (hook, dp_opt):
-                try:
-                    part, step = train_steps(model, batches, dp_opt, schedule, first, length, privacy=hook,
-                                             loss_cfg=loss_cfg, **train_kwargs)
-                finally:
-                    taken += hook.steps
-            metrics.update({k: v for k, v in part.items() if k in PUBLIC_METRICS})
-    finally:
-        ledger.record(rnd, taken)
+    step = step0
+    for first, length in _phase_runs(schedule, step0, n_steps):
+        wrapped = private_training(model, optimizer, schedule.at(first).phase,
+                                   noise_multiplier=ledger.noise_multiplier,
+                                   max_grad_norm=settings.max_grad_norm,
+                                   expected_batch_size=expected_batch_size, mode=settings.mode)
+        with wrapped as (hook, dp_opt):
+            part, step = train_steps(model, batches, dp_opt, schedule, first, length, privacy=hook,
+                                     loss_cfg=loss_cfg, **train_kwargs)
+        metrics.update({k: v for k, v in part.items() if k in PUBLIC_METRICS})
     metrics["num_examples"] = float(n_steps * expected_batch_size)
     metrics.update(ledger.metrics())
     return metrics, step
