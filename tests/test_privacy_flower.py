@@ -24,9 +24,14 @@ from flwr.supercore.privacy_accounting import (
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from flwr_utils import REPO, FlowerSandbox
 from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
 
 from clin_jepa.checkpoint import load_checkpoint
 from clin_jepa.cli import main as cli
+from clin_jepa.config import load_site_config
+from clin_jepa.data.stats import Discretization
+from clin_jepa.data.tasks import load_tasks
+from clin_jepa.data.tokenize import build_site_tensors
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")]
 ROUNDS, STEPS, BATCH = 5, 2, 8
@@ -71,6 +76,22 @@ def rdp_epsilon(noise: float, rate: float, steps: int, delta: float) -> float:
     return acc.get_epsilon(delta)
 
 
+def _configured_dp(sites: list[Path], disc: dict, fixed_noise: dict[str, float | None],
+                   epsilon: float) -> dict[str, tuple[float, float]]:
+    """(noise multiplier, sampling rate) each site should use, from the configuration alone: the rate is
+    batch / the site's train stays (counted by tokenizing its data here), the noise is the fixed one or
+    Opacus' plan for ``epsilon`` over every step of the run."""
+    out = {}
+    for path, name in zip(sites, SITES, strict=True):
+        tensors = build_site_tensors(load_site_config(path), Discretization.from_dict(disc), load_tasks(), 48,
+                                     use_cache=False).subset("train")
+        rate = BATCH / len(tensors)
+        noise = fixed_noise[name] or get_noise_multiplier(target_epsilon=epsilon, target_delta=1e-5,
+                                                          sample_rate=rate, steps=ROUNDS * STEPS)
+        out[name] = (noise, rate)
+    return out
+
+
 def test_sample_level_dp_accounting_exhaustion_and_resume(tmp_path, flower):
     # hospital_c's own block: a fixed noise and a small budget, spent within the run (a and b follow the
     # run config's ε = 8, planned over all rounds)
@@ -82,6 +103,8 @@ def test_sample_level_dp_accounting_exhaustion_and_resume(tmp_path, flower):
     ok(flower.run(REPO, {**cfg, "resume-from": str(out)}, num_supernodes=3))  # fresh client processes
     lines = read_lines(out)
     assert [ln["round"] for ln in lines] == list(range(ROUNDS + 1))
+    configured = _configured_dp(sites, load_checkpoint(out / "ckpt.pt").discretization,
+                                {"hospital_a": None, "hospital_b": None, "hospital_c": 1.5}, epsilon=8.0)
     trained = dict.fromkeys(SITES, 0)
     exhausted_at = None
     for ln in lines[1:]:
@@ -95,8 +118,11 @@ def test_sample_level_dp_accounting_exhaustion_and_resume(tmp_path, flower):
                 continue
             assert entry["status"] == "ok", entry
             trained[name] += 1
-            expected = rdp_epsilon(entry["dp-noise-multiplier"], entry["dp-sample-rate"],
-                                   trained[name] * STEPS, entry["dp-delta"])
+            # an independent accountant on what was *configured*, never on what the site says it used
+            noise, rate = configured[name]
+            assert entry["dp-noise-multiplier"] == pytest.approx(noise, rel=1e-9)
+            assert entry["dp-sample-rate"] == pytest.approx(rate, rel=1e-12)
+            expected = rdp_epsilon(noise, rate, trained[name] * STEPS, 1e-5)
             assert entry["dp-epsilon"] == pytest.approx(expected, rel=1e-9)
             assert entry["dp-epsilon"] <= entry["dp-target-epsilon"]
             assert "loss" not in entry  # losses are not covered by DP: a DP site does not send them
@@ -110,7 +136,7 @@ def test_sample_level_dp_accounting_exhaustion_and_resume(tmp_path, flower):
     c = [ln["sites"]["hospital_c"] for ln in lines[1:]]
     assert [e["status"] for e in c] == ["ok"] * (exhausted_at - 1) + ["budget-exhausted"] * (
         ROUNDS - exhausted_at + 1)
-    assert rdp_epsilon(1.5, c[0]["dp-sample-rate"], exhausted_at * STEPS, 1e-5) > 2.2
+    assert rdp_epsilon(*configured["hospital_c"], exhausted_at * STEPS, 1e-5) > 2.2
     extra = load_checkpoint(out / "ckpt.pt").extra
     assert extra["accountants"]["sample_level"]["hospital_c"]["epsilon"] == c[-1]["dp-epsilon"]
 
