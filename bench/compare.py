@@ -202,7 +202,7 @@ def table(merged: dict) -> str:
             "mean AUROC", *tasks]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     rows = [(k, v["drift"]["relative_change"], f"{_f(v['drift']['early'])} / {_f(v['drift']['late'])}",
-             v["geometry"]["ratio"], v["probes"]) for k, v in merged["models"].items()]
+             v["geometry"]["displacement_per_task"], v["probes"]) for k, v in merged["models"].items()]
     rows += [(k, None, "–", None, v["probes"]) for k, v in merged["baselines"].items()]
     for label, drift, levels, ratio, probes in rows:
         per_task = [_f(probes["tasks"][t]["auroc"]) for t in tasks]

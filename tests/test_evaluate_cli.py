@@ -162,3 +162,54 @@ def test_refuses_the_same_site_twice(world, tmp_path, capsys):
     _, sites, disc = world
     good = make_ckpt(tmp_path / "good.pt", disc)
     _refused([good, "--sites", sites[0], sites[0]], capsys, tmp_path / "out", "twice")
+
+
+def test_untrained_control_is_the_seeded_init_of_a_trained_run(world, tmp_path):
+    """`train --steps 0 --seed S` writes exactly the weights a trained run of seed S starts from."""
+    from clin_jepa.checkpoint import load_checkpoint
+    from clin_jepa.trainer import TrainerConfig, train_centralized
+
+    _, sites, _ = world
+    assert main(["train", "--sites", *sites, "--out", str(tmp_path / "u"), "--steps", "0", "--seed", "4",
+                 "--preset", "tiny", "--no-progress"]) == 0
+    train_centralized(sites, tmp_path / "t", TrainerConfig(preset="tiny", steps=5, seed=4), progress=False,
+                      stop_at=0)  # the checkpoint a 5-step run writes before its first step
+    u, t = (load_checkpoint(tmp_path / d / "ckpt.pt") for d in ("u", "t"))
+    assert u.step == 0 and u.phase == "init" and u.extra["trainer"]["steps"] == 0
+    assert u.extra["trainer"]["seed"] == 4 and u.discretization == t.discretization
+    um, tm = u.build_model(), t.build_model()
+    for (name, a), (_, b) in zip(um.state_dict().items(), tm.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_paired_report_with_hidden_cohorts(world, tmp_path, capsys):
+    _, sites, _ = world
+    for name, steps in (("u", "0"), ("t", "4")):
+        assert main(["train", "--sites", *sites, "--out", str(tmp_path / name), "--steps", steps, "--seed",
+                     "2", "--preset", "tiny", "--batch-size", "8", "--no-progress"]) == 0
+    u, t = tmp_path / "u" / "ckpt.pt", tmp_path / "t" / "ckpt.pt"
+    out = tmp_path / "report"
+    rc, cap = evaluate([t, u, "--sites", *sites, "--out", out, "--labels", f"cur@2={t}", f"untrained@2={u}",
+                        "--bootstrap", "20", "--no-baselines", "--ground-truth", "--quiet"], capsys)
+    assert rc == 0, cap.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    cur = metrics["models"]["cur@2"]
+    assert cur["seed"] == 2 and cur["paired"]["untrained"] == "untrained@2"
+    assert cur["paired"]["diff"] == pytest.approx(
+        cur["probes"]["mean_auroc"] - metrics["models"]["untrained@2"]["probes"]["mean_auroc"])
+    assert cur["paired"]["diff_sd"] >= 0 and cur["probes"]["mean_auroc_sd"] > 0
+    assert len(cur["drift"]["copy_curve"]) == 48 and isinstance(cur["drift"]["converges"], bool)
+    geo = cur["geometry"]
+    assert geo["hidden"]["n_deteriorating"] > 0 and geo["hidden"]["n_stable"] > 0
+    assert set(geo["tasks"]) == {t.name for t in load_tasks()} and "any_label" in geo
+    assert "vs untrained@2" in cap.out and "hidden-cohort" in cap.out
+    assert "| cur | 2 |" in (out / "report.md").read_text()
+
+
+def test_refuses_ground_truth_that_is_not_there(world, tmp_path, capsys):
+    root, sites, disc = world
+    good = make_ckpt(tmp_path / "good.pt", disc)
+    bare = synthesize(tmp_path / "bare", n_sites=1, n_patients=20, seed=1)[0]
+    (bare.root / "ground_truth.parquet").unlink()
+    _refused([good, "--sites", str(bare.config), "--ground-truth"], capsys, tmp_path / "out",
+             "no ground-truth file")

@@ -207,6 +207,7 @@ def test_gru_baseline_learns_a_learnable_task():
 def test_report_writer_on_hand_made_metrics(tmp_path):
     import json
 
+    from clin_jepa.evaluation.drift import drift_summary
     from clin_jepa.evaluation.report import PLOTS, write_report
 
     rng = np.random.default_rng(0)
@@ -214,24 +215,32 @@ def test_report_writer_on_hand_made_metrics(tmp_path):
     probes = fit_linear_probes(x[:100], y[:100], x[100:], y[100:], ["t1", "t2"], n_boot=10).to_dict()
     curve = np.linspace(1.0, 0.5, 48)
     curve[-1] = np.nan
-    model = {"drift": {"curve": curve, "relative_change": relative_change(curve)},
-             "geometry": {"ratio": 2.0}, "probes": probes}
+    drift = drift_summary(curve, np.full(48, 10), np.full(48, 2.0))
+    geo = {"displacement_per_task": 2.0, "tasks": {"t1": {"ratio": 1.5}, "t2": {"ratio": 2.5}},
+           "hidden": {"ratio": 3.0}, "any_label": {"ratio": 1.1}}
+    model = {"drift": drift, "geometry": geo, "probes": probes, "seed": 0}
+    control = {**model, "step": 0, "probes": {**probes, "mean_auroc": probes["mean_auroc"] - 0.05}}
+    model = {**model, "paired": {"untrained": "untrained@0", "seed": 0, "diff": 0.05, "diff_sd": 0.01}}
     metrics = {"settings": {"context": 24, "bootstrap": 10, "embedding": "e", "cohorts": "c"},
                "data": {"sites": ["a"], "discretization": "f" * 64, "tasks": ["t1", "t2"],
                         "n_stays": {"train": 100, "held_out": 100}},
-               "models": {"m1": model}, "baselines": {"gru": {"probes": probes}}, "notes": ["hello"]}
+               "models": {"m1@0": model, "untrained@0": control},
+               "baselines": {"gru": {"probes": probes}}, "notes": ["hello"]}
     z = _walk(n=10, h=72)
     mask = np.ones((10, 72), bool)
     cohort = np.array([STABLE, DETERIORATING] * 5)
-    files = write_report(tmp_path, metrics, {"m1": (projection_2d(z, mask), mask, cohort)})
+    proj = (projection_2d(z, mask), mask, cohort)
+    files = write_report(tmp_path, metrics, {"m1@0": proj, "untrained@0": proj})
     assert {f.name for f in files} == {"metrics.json", "report.md", *PLOTS}
     assert all(f.stat().st_size > 0 for f in files)
     loaded = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN became null
-    assert loaded["models"]["m1"]["drift"]["curve"][-1] is None
+    assert loaded["models"]["m1@0"]["drift"]["curve"][-1] is None
+    assert loaded["models"]["m1@0"]["drift"]["converges"] is True  # below 2.0 everywhere, late < early
     md = (tmp_path / "report.md").read_text()
-    assert f"| m1 | {100 * relative_change(curve):+.1f} % | – | 2.000 |" in md  # no early/late given
-    assert "| gru | – | – | – |" in md
-    assert "hello" in md
+    assert "| m1 | 0 |" in md and "s0: +0.050 ± 0.010" in md  # across seeds, with the paired noise
+    assert "| m1@0 |" in md and "+0.050 ± 0.010 (vs untrained@0) | 2.000 | 3.000 | 1.100 |" in md
+    assert "| m1@0 | 1.500 | 2.500 |" in md  # per-task displacement table
+    assert "| gru |" in md and "hello" in md
     assert (tmp_path / PLOTS[0]).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -122,6 +122,9 @@ def test_tokens_of_handmade_patients(handmade_site) -> None:
     assert t.bins.shape == (5, 72, 16) and t.bins.dtype == np.int16
     assert t.treat.shape == (5, 72, 6) and t.time.shape == (5, 72, 4) and t.labels.shape == (5, 8)
     assert t.mask.sum(1).tolist() == [26, 40, 60, 30, 50]
+    starts = ["2021-05-01", "2021-05-10", "2021-03-01 08:30", "2021-03-02 10:00", "2021-04-01"]
+    assert t.stay_start.dtype == np.int64  # names the stay with subject_id (ground-truth joins)
+    assert t.stay_start.tolist() == [pd.Timestamp(s).value // 1000 for s in starts]
     hr, temp, crea = (t.concepts.index(c) for c in ("heart_rate", "temperature", "creatinine"))
     s1 = 2
     assert t.bins[s1, 0, hr] == 1 + np.searchsorted(HR_EDGES, 90, side="right") == 5
@@ -151,6 +154,8 @@ def test_subset_and_concat(handmade_site) -> None:
     assert (len(train), len(tuning), len(held)) == (2, 1, 2)
     both = SiteTensors.concat([train, held])
     assert both.subject_id.tolist() == [1, 2, 5, 5] and both.concepts == t.concepts
+    assert both.stay_start.tolist() == [*train.stay_start, *held.stay_start]
+    assert len(SiteTensors.concat([held.take(np.array([], int)), held]).stay_start) == 2
     with pytest.raises(KeyError):
         t.subset("test")
 

@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, PCA and GRU baseline")
     parser.add_argument("--no-baselines", action="store_true", help="skip the last-value LR and GRU")
     parser.add_argument("--gru-epochs", type=int, default=30, help="epochs of the supervised GRU baseline")
+    parser.add_argument("--gru-seeds", type=int, nargs="+", default=[], metavar="S",
+                        help="train the GRU once per init seed (reported as gru@S); default one, --seed")
+    parser.add_argument("--ground-truth", action="store_true",
+                        help="also form cohorts from each site's <data path>/ground_truth.parquet (written "
+                             "by `clin-jepa synth`; training never reads it)")
     parser.add_argument("--public-key", metavar="PEM",
                         help="verify each CKPT.sig with this coordinator public key before loading")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -38,6 +43,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from clin_jepa.evaluation.baselines import GRUSettings
+    from clin_jepa.evaluation.report import fmt
     from clin_jepa.evaluation.runner import EvalSettings, evaluate
 
     if args.bootstrap < 0 or args.gru_epochs < 1:
@@ -55,14 +61,19 @@ def run(args: argparse.Namespace) -> int:
 
     device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
     settings = EvalSettings(bootstrap=args.bootstrap, seed=args.seed, device=device,
-                            baselines=not args.no_baselines,
-                            gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed))
+                            baselines=not args.no_baselines, gru_seeds=tuple(args.gru_seeds),
+                            gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed),
+                            ground_truth=args.ground_truth)
     metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
                        progress=not args.quiet)
     print(f"wrote {args.out}/metrics.json, report.md and plots")
     for label, m in metrics["models"].items():
-        print(f"  {label}: drift change {m['drift']['relative_change']:+.1%}, "
-              f"displacement ratio {m['geometry']['ratio']:.2f}, mean AUROC {m['probes']['mean_auroc']:.3f}")
+        d, g, p = m["drift"], m["geometry"], m.get("paired")
+        hidden = "" if g["hidden"] is None else f", hidden-cohort {fmt(g['hidden']['ratio'])}"
+        paired = "" if not p else f" ({fmt(p['diff'], sign=True)} ± {fmt(p['diff_sd'])} vs {p['untrained']})"
+        print(f"  {label}: mean AUROC {fmt(m['probes']['mean_auroc'])}{paired}, displacement per task "
+              f"{fmt(g['displacement_per_task'])}{hidden}, drift L1 late {fmt(d['late'])} (copy "
+              f"{fmt(d['copy_late'])}, {'converges' if d['converges'] else 'does not converge'})")
     for label, m in metrics["baselines"].items():
-        print(f"  {label}: mean AUROC {m['probes']['mean_auroc']:.3f}")
+        print(f"  {label}: mean AUROC {fmt(m['probes']['mean_auroc'])}")
     return 0

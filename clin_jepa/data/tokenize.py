@@ -30,13 +30,15 @@ from clin_jepa.io import atomic_write_bytes
 
 CONTEXT_HOURS = 24
 N_TIME_FEATURES = 4
-ARRAY_FIELDS = ("bins", "treat", "time", "mask", "labels", "split", "subject_id")
+ARRAY_FIELDS = ("bins", "treat", "time", "mask", "labels", "split", "subject_id", "stay_start")
 
 
 @dataclass
 class SiteTensors:
     """See docs/internals.md for the shapes: bins (N,T,C) int16, treat (N,T,K) f32, time (N,T,4) f32,
-    mask (N,T) bool, labels (N,n_tasks) f32 (NaN = undefined), split (N,) int8, subject_id (N,) int64."""
+    mask (N,T) bool, labels (N,n_tasks) f32 (NaN = undefined), split (N,) int8, subject_id (N,) int64,
+    stay_start (N,) int64 microseconds since the epoch (NAT = unknown; with ``subject_id`` it names the stay,
+    so per-stay side information such as a generator's ground truth can be joined to rows)."""
 
     bins: np.ndarray
     treat: np.ndarray
@@ -45,11 +47,16 @@ class SiteTensors:
     labels: np.ndarray
     split: np.ndarray
     subject_id: np.ndarray
+    stay_start: np.ndarray | None = None  # None (hand-made tensors) becomes all NAT
     concepts: tuple[str, ...] = ()
     treatments: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
     site: str = ""
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stay_start is None:
+            self.stay_start = np.full(len(self.subject_id), NAT, np.int64)
 
     def __len__(self) -> int:
         return len(self.subject_id)
@@ -90,7 +97,7 @@ class SiteTensors:
         return cls(np.zeros((0, hours, c), np.int16), np.zeros((0, hours, k), np.float32),
                    np.zeros((0, hours, N_TIME_FEATURES), np.float32), np.zeros((0, hours), bool),
                    np.zeros((0, len(tasks)), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int64),
-                   disc.concepts, disc.treatments, tuple(t.name for t in tasks), site)
+                   np.zeros(0, np.int64), disc.concepts, disc.treatments, tuple(t.name for t in tasks), site)
 
 
 def _time_features(stays: Stays, hours: int) -> np.ndarray:
@@ -159,7 +166,8 @@ class _Tokenizer:
             raise DataValidationError(str(shard.path), [
                 f"subjects {missing} have no valid split in subject_splits.parquet (run validate)"])
         return SiteTensors(bins.reshape(n, T, C), treat.reshape(n, T, K), _time_features(stays, T), mask,
-                           labels, split, stays.subject.astype(np.int64), self.disc.concepts,
+                           labels, split, stays.subject.astype(np.int64), stays.start.astype(np.int64),
+                           self.disc.concepts,
                            self.disc.treatments, tuple(t.name for t in self.tasks), self.cfg.site)
 
     def _fill_bins(self, bins: np.ndarray, cell: np.ndarray, col: np.ndarray, value: np.ndarray,
@@ -207,7 +215,7 @@ def tokenize_dataset(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpe
 
 
 # ---- cache -------------------------------------------------------------------------------------------
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: stay_start
 
 
 def cache_key(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...], hours: int) -> str:

@@ -102,7 +102,7 @@ def gru_baseline(x_train: np.ndarray, y_train: np.ndarray, x_tune: np.ndarray | 
     model = train_gru(x_train, y_train, x_tune, y_tune, settings or GRUSettings(seed=seed))
     with torch.no_grad():
         prob = torch.sigmoid(model(torch.as_tensor(x_test))).numpy()
-    result = ProbeResult()
+    result = ProbeResult(scores=np.full(prob.shape, np.nan))
     for j, task in enumerate(task_names):
         ytr = y_train[np.isfinite(y_train[:, j]), j].astype(int)
         te = np.isfinite(y_test[:, j])
@@ -111,5 +111,6 @@ def gru_baseline(x_train: np.ndarray, y_train: np.ndarray, x_tune: np.ndarray | 
         if reason is not None:
             result.tasks.append(TaskScore(task, n_train=len(ytr), n_test=len(yte), skipped=reason))
             continue
+        result.scores[te, j] = prob[te, j]
         result.tasks.append(score_task(task, yte, prob[te, j], len(ytr), n_boot, seed + j))
     return result

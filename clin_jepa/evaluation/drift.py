@@ -61,6 +61,34 @@ def window_mean(curve: np.ndarray, window: tuple[int, int]) -> float:
     return float(part.mean()) if part.size else float("nan")
 
 
+def copy_forward(copy: np.ndarray, horizon: int) -> np.ndarray:
+    """(N, D) latent at the prediction time -> (N, horizon, D): the guess "nothing changes"."""
+    return np.repeat(copy[:, None, :], horizon, axis=1)
+
+
+def converges(curve: np.ndarray, copy_curve: np.ndarray) -> bool:
+    """Below the copy baseline at every horizon hour (that has stays) and late <= early.
+
+    The relative change alone rewards a model that is uniformly bad; beating "nothing changes" at every
+    hour is what shows the rollout has learned dynamics.
+    """
+    c, k = np.asarray(curve, np.float64), np.asarray(copy_curve, np.float64)
+    both = np.isfinite(c) & np.isfinite(k)
+    early, late = window_mean(c, EARLY), window_mean(c, LATE)
+    return bool(both.any() and np.all(c[both] < k[both]) and late <= early)
+
+
+def drift_summary(curve: np.ndarray, counts: np.ndarray, copy_curve: np.ndarray) -> dict:
+    """What the report shows of one rollout: absolute L1 per horizon hour beside the copy baseline."""
+    return {"curve": curve, "counts": counts, "copy_curve": copy_curve,
+            "relative_change": relative_change(curve),
+            "early": window_mean(curve, EARLY), "late": window_mean(curve, LATE),
+            "copy_early": window_mean(copy_curve, EARLY), "copy_late": window_mean(copy_curve, LATE),
+            "hours_below_copy": int(np.sum(np.asarray(curve) < np.asarray(copy_curve))),
+            "converges": converges(curve, copy_curve),
+            "early_hours": list(EARLY), "late_hours": list(LATE)}
+
+
 Predictor = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 

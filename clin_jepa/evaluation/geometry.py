@@ -1,15 +1,19 @@
 """Latent geometry: do deteriorating stays travel further in latent space than stable ones?
 
-Cohorts (defined on the task labels so they exist on real data, not only on the synthetic generator):
+Cohort splits (each compares the mean displacement of a "sick" group with that of a "stable" group):
 
-* **deteriorating** — any task label is 1 (in-ICU death after 24 h, or any abnormal-lab / hypotension
-  label in its window);
-* **stable** — every *defined* task label is 0 and at least one is defined (NaN = task not measured);
-* everything else (all labels undefined) is left out of both cohorts.
+* **per task** (:func:`per_task_ratios`, real data) — stays positive for that task vs stays negative for
+  every task (every *defined* label 0, at least one defined; NaN = task not measured). Summarized as the
+  mean ratio over tasks, ``displacement_per_task``.
+* **hidden** (synthetic data, ``--ground-truth``) — the generator's truly deteriorating stays vs its
+  ``stable`` cohort (:mod:`clin_jepa.evaluation.ground_truth`).
+* **any label** (:func:`cohorts`, kept for the plot when no ground truth is given) — any task positive vs
+  all negative. Not a cohort split: each threshold task fires in 8–17 % of truly stable stays, so most
+  stable stays land in the "deteriorating" group.
 
 Displacement of a stay (:func:`displacement`) is the Euclidean distance between its layer-normed
 target-encoder latent around the prediction time and around its last in-stay hour of the horizon (means
-over a few hours). Stays that end at the prediction time have no horizon and no displacement (NaN).
+over a few hours). Stays that end at the prediction time have no displacement (NaN).
 """
 
 from __future__ import annotations
@@ -59,8 +63,24 @@ def displacement_ratio(disp: np.ndarray, cohort: np.ndarray) -> dict[str, float]
 
     The ratio is NaN when either cohort has no stay with a horizon or the stable mean is zero.
     """
-    det = disp[(cohort == DETERIORATING) & np.isfinite(disp)]
-    sta = disp[(cohort == STABLE) & np.isfinite(disp)]
+    return group_ratio(disp, cohort == DETERIORATING, cohort == STABLE)
+
+
+def per_task_ratios(disp: np.ndarray, labels: np.ndarray, tasks: list[str]) -> dict:
+    """Per task: stays positive for it vs stays negative for every task; plus the mean ratio over tasks
+    (``displacement_per_task``, NaN-ratios left out)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    stable = cohorts(labels) == STABLE
+    per = {t: group_ratio(disp, np.nan_to_num(labels[:, j], nan=0.0) > 0.5, stable)
+           for j, t in enumerate(tasks)}
+    ratios = [r["ratio"] for r in per.values() if np.isfinite(r["ratio"])]
+    return {"displacement_per_task": float(np.mean(ratios)) if ratios else float("nan"), "tasks": per}
+
+
+def group_ratio(disp: np.ndarray, sick: np.ndarray, stable: np.ndarray) -> dict[str, float]:
+    """Mean displacement of the ``sick`` rows ÷ that of the ``stable`` rows (boolean masks)."""
+    det = disp[sick & np.isfinite(disp)]
+    sta = disp[stable & np.isfinite(disp)]
     m_det = float(det.mean()) if det.size else float("nan")
     m_sta = float(sta.mean()) if sta.size else float("nan")
     ratio = m_det / m_sta if det.size and sta.size and m_sta > 0 else float("nan")

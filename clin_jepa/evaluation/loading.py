@@ -63,7 +63,10 @@ def _unpack(path: Path, device: str) -> tuple[Any, Any, dict[str, Any], tuple[st
         raise CheckpointError(f"checkpoint {path} carries no discretization, so its tokens cannot be "
                               "rebuilt; evaluate checkpoints written by `clin-jepa train` or the ServerApp")
     model = ck.build_model().to(device).eval()
-    info = {"mode": ck.curriculum.get("mode"), "phase": ck.phase, "step": ck.step, "round": ck.round}
+    # the init seed pairs a trained run with the untrained control of the same seed
+    seed = (ck.extra.get("trainer") or ck.extra.get("federation") or {}).get("seed")
+    info = {"mode": ck.curriculum.get("mode"), "phase": ck.phase, "step": ck.step, "round": ck.round,
+            "seed": seed}
     return model, disc, {k: v for k, v in info.items() if v not in (None, "")}, tuple(ck.tasks) or None
 
 
@@ -124,8 +127,10 @@ def check_against_data(m: LoadedModel, data: Any) -> None:
                               + "; ".join(problems))
 
 
-def load_sites(paths: Sequence[str | Path], disc: Any, hours: int, bar: Any = None) -> Any:
-    """Tokenize every site with ``disc`` and concatenate them (one SiteTensors)."""
+def load_sites(paths: Sequence[str | Path], disc: Any, hours: int, bar: Any = None,
+               ground_truth: bool = False) -> tuple[Any, np.ndarray | None]:
+    """Tokenize every site with ``disc`` and concatenate them (one SiteTensors); with ``ground_truth``
+    also each row's hidden cohort from the site's ``ground_truth.parquet`` (else None)."""
     from clin_jepa.config import load_site_config
     from clin_jepa.data.tasks import load_tasks
     from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
@@ -137,9 +142,16 @@ def load_sites(paths: Sequence[str | Path], disc: Any, hours: int, bar: Any = No
     names = [c.site for c in cfgs]
     if len(set(names)) != len(names):
         raise ConfigError(f"--sites names the same site twice ({names}); its stays would count double")
-    parts = []
-    for cfg in cfgs:
-        parts.append(build_site_tensors(cfg, disc, tasks, hours=hours))
+    from clin_jepa.evaluation.ground_truth import hidden_cohorts, read_ground_truth
+
+    # read every truth file first: a missing one is refused before minutes of tokenizing
+    truths = [read_ground_truth(cfg.data_path) for cfg in cfgs] if ground_truth else []
+    parts, hidden = [], []
+    for i, cfg in enumerate(cfgs):
+        part = build_site_tensors(cfg, disc, tasks, hours=hours)
+        parts.append(part)
+        if ground_truth:
+            hidden.append(hidden_cohorts(part.subject_id, part.stay_start, truths[i], str(cfg.data_path)))
         if bar is not None:
             bar.update(1)
-    return SiteTensors.concat(parts)
+    return SiteTensors.concat(parts), (np.concatenate(hidden) if ground_truth else None)

@@ -6,6 +6,10 @@ class is skipped with a note, since neither fitting nor AUROC is defined there.
 
 Confidence intervals are percentile bootstrap intervals over held_out stays, seeded; resamples that
 happen to hold a single class are discarded (and counted) rather than scored.
+
+The noise of the *mean* AUROC over tasks (:func:`bootstrap_mean_auroc`) resamples held_out stays once per
+replicate for every task and every model together, so the spread of a difference between two models
+scored on the same stays (a trained run and its untrained control) is measured paired, not summed.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class TaskScore:
 @dataclass
 class ProbeResult:
     tasks: list[TaskScore] = field(default_factory=list)
+    # (n_test, n_tasks) held_out probabilities, NaN where the label is undefined or the task skipped;
+    # kept in memory for the paired bootstrap, not written to metrics.json
+    scores: np.ndarray | None = None
 
     @property
     def mean_auroc(self) -> float:
@@ -104,7 +111,7 @@ def fit_linear_probes(
     seed: int = 0,
 ) -> ProbeResult:
     """One standardized LogisticRegression per task on fixed features; labels (N, n_tasks) 0/1/NaN."""
-    result = ProbeResult()
+    result = ProbeResult(scores=np.full((len(x_test), len(task_names)), np.nan))
     for j, task in enumerate(task_names):
         tr = np.isfinite(y_train[:, j])
         te = np.isfinite(y_test[:, j])
@@ -116,5 +123,37 @@ def fit_linear_probes(
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
         clf.fit(x_train[tr], ytr)
         p = clf.predict_proba(x_test[te])[:, 1]
+        result.scores[te, j] = p
         result.tasks.append(score_task(task, yte, p, len(ytr), n_boot, seed + j))
     return result
+
+
+def bootstrap_mean_auroc(y_test: np.ndarray, scores: dict[str, np.ndarray], n_boot: int = 200,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+    """Mean AUROC over tasks of each model on ``n_boot`` shared resamples of the held_out stays.
+
+    ``scores[name]`` is a :attr:`ProbeResult.scores` array for the labels ``y_test`` (N, n_tasks). A task
+    enters a replicate when it was scored for every model and its resampled defined labels hold both
+    classes. Returns name -> (n_kept,) replicate means; ``np.std`` of a difference of two of them is the
+    paired noise of that difference.
+    """
+    names = list(scores)
+    if not names or n_boot < 1:
+        return {n: np.zeros(0) for n in names}
+    usable = np.all([np.isfinite(scores[n]).any(axis=0) for n in names], axis=0)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y_test), len(y_test))
+        per: dict[str, list[float]] = {n: [] for n in names}
+        for j in np.flatnonzero(usable):
+            yb = y_test[idx, j]
+            ok = np.isfinite(yb) & np.all([np.isfinite(scores[n][idx, j]) for n in names], axis=0)
+            if ok.sum() < 2 or yb[ok].min() == yb[ok].max():
+                continue
+            for n in names:
+                per[n].append(roc_auc_score(yb[ok].astype(int), scores[n][idx, j][ok]))
+        if per[names[0]]:
+            for n in names:
+                out[n].append(float(np.mean(per[n])))
+    return {n: np.asarray(v) for n, v in out.items()}
