@@ -9,6 +9,8 @@ Two handlers:
   exactly the trained groups and one MetricRecord with ``num-examples`` and the losses and monitors.
 
 A raised exception becomes a Flower error reply; the server logs it and goes on with the other sites.
+Before either handler runs, ``client.policy`` holds the run to this site's limits and this node's opt-in
+to test hooks, and refuses it (an error reply naming each limit) when it asks for more.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.policy import refuse_outside_limits
 from client.privacy import budget_exhausted_reply, central_dp_metrics, clip_if_asked, pin_privacy_settings
 from client.site import ServerSchedule, Site, get_site, site_config_path
 from clin_jepa.curriculum import Phase
@@ -30,7 +33,7 @@ from clin_jepa.models import ModelConfig
 from clin_jepa.privacy import BudgetExhausted, check_run_id
 from clin_jepa.security.disclosure import min_patients_from, suppress_small_aggregates
 
-app = ClientApp()
+app = ClientApp(mods=[refuse_outside_limits])
 
 
 def _site(context: Context) -> tuple[Site, FederationConfig]:
@@ -95,7 +98,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def _inject_fault(fed: FederationConfig, site: str, rnd: int, when: str,
                   reply: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
-    """Test hook (run config ``inject-faults``): make this site misbehave in a round."""
+    """Test hook (run config ``inject-faults``): make this site misbehave in a round. Reached only at a
+    node whose node config opts in (``allow-test-faults``); ``client.policy`` refuses the run elsewhere."""
     kind = fed.fault_for(site, rnd)
     if when == "before" and kind == "raise":
         raise RuntimeError(f"injected fault at site {site} in round {rnd}")

@@ -17,6 +17,7 @@ import yaml
 from clin_jepa.errors import ConfigError
 
 DEVICES = ("cpu", "cuda", "auto")
+TRANSPORT_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,19 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class SiteLimits:
+    """The most a coordinator's run config may ask of this site (``limits:``). A run asking for more is
+    refused before any training (``clin_jepa.site_policy``); the defaults admit the project's own runs."""
+
+    max_local_steps: int = 100
+    max_batch_size: int = 256
+    max_hours: int = 168
+    devices: tuple[str, ...] = ("cpu",)
+    transport_dtypes: tuple[str, ...] = TRANSPORT_DTYPES
+    compile: bool = False
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     site: str
     data_path: Path
@@ -62,6 +76,7 @@ class SiteConfig:
     state_dir: Path = Path("state")
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: Path | None = None
+    limits: SiteLimits = field(default_factory=SiteLimits)
 
     def is_ignored(self, code: str) -> bool:
         return any(re.fullmatch(p, code) for p in self.ignore_codes)
@@ -141,6 +156,30 @@ def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
     return PrivacyConfig(bool(_get(raw, "enabled", path, bool, False)), eps, delta, clip, noise)
 
 
+def _choices(raw: dict[str, Any], key: str, allowed: tuple[str, ...],
+             default: tuple[str, ...]) -> tuple[str, ...]:
+    values = _get(raw, key, "limits", list, list(default))
+    bad = [v for v in values if v not in allowed]
+    if not values or bad:
+        raise ConfigError(f"limits.{key}: expected a non-empty list of {list(allowed)}, got {values!r}")
+    return tuple(values)
+
+
+def _limits(raw: dict[str, Any], device: str) -> SiteLimits:
+    _only(raw, ("max_local_steps", "max_batch_size", "max_hours", "devices", "transport_dtypes", "compile"),
+          "limits")
+    counts = {}
+    for key in ("max_local_steps", "max_batch_size", "max_hours"):
+        counts[key] = _get(raw, key, "limits", int, getattr(SiteLimits, key))
+        if counts[key] < 1:
+            raise ConfigError(f"limits.{key}: must be >= 1, got {counts[key]}")
+    # A site that trains on "auto" has said it may use either device; any other site only its own.
+    own = DEVICES if device == "auto" else (device,)
+    return SiteLimits(**counts, devices=_choices(raw, "devices", DEVICES, own),
+                      transport_dtypes=_choices(raw, "transport_dtypes", TRANSPORT_DTYPES, TRANSPORT_DTYPES),
+                      compile=_get(raw, "compile", "limits", bool, False))
+
+
 def _ignore_item(item: Any, i: int) -> str:
     if not isinstance(item, str):
         raise ConfigError(f"ignore_codes[{i}]: expected a code regex string, got {item!r}")
@@ -152,7 +191,7 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     if not isinstance(raw, dict):
         raise ConfigError(f"{source or 'site config'}: expected a YAML mapping at the top level")
     allowed = {"site", "data", "icu_stay", "code_map", "ignore_codes", "max_unmapped_share", "training",
-               "state_dir", "privacy"}
+               "state_dir", "privacy", "limits"}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"site config: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -185,6 +224,7 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
         state_dir=(base_dir / _get(raw, "state_dir", "site config", str, f"../state/{site}")).resolve(),
         privacy=_privacy(_get(raw, "privacy", "site config", dict, {}), "privacy"),
         source=source,
+        limits=_limits(_get(raw, "limits", "site config", dict, {}), device),
     )
 
 

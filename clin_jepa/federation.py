@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from clin_jepa.config import TRANSPORT_DTYPES
 from clin_jepa.curriculum import HARD_SYNC, PHASES, CurriculumConfig, boundary_actions, lr_at, phase_at
 from clin_jepa.errors import ConfigError
 from clin_jepa.privacy.planning import RunDPOverrides
 
 FAULT_KINDS = ("raise", "nan", "scale", "sleep")
-TRANSPORT_DTYPES = ("float32", "float16")
 DP_CENTRAL = ("off", "client-fixed", "server-fixed")
 
 # The groups a client needs to run a phase, besides the ones it trains: E gives the context inputs when it
@@ -210,6 +210,7 @@ _RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
     "align-momentum": ("curriculum.align_momentum", float),
     "frozen-fraction": ("curriculum.frozen_fraction", float),
 }
+RUN_CONFIG_KEYS: tuple[str, ...] = tuple(_RUN_CONFIG_KEYS)
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:

@@ -6,7 +6,10 @@ FLWR_HOME (config, installed FABs), free ports (FLWR_LOCAL_SUPERLINK_HTTP_API_PO
 FLWR_LOCAL_CONTROL_API_PORT, read by `flwr run`'s ":local:" connection), and its own session. On close the
 whole process tree below it (superexec, flwr-simulation, Ray workers) is collected from /proc and
 terminated by PID. The SuperLink's working directory is the project root, so relative paths in the run
-config resolve there. This module starts processes only; it does not import Flower.
+config resolve there. Its simulated sites act on test hooks (run config ``inject-faults``) unless
+``allow_test_faults=False``: Flower's simulation cannot give nodes an ``allow-test-faults`` node config, so
+the opt-in travels in the environment (``clin_jepa.site_policy.SIMULATION_OPT_IN_ENV``). This module
+starts processes only; it does not import Flower.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from clin_jepa.site_policy import SIMULATION_OPT_IN_ENV
 
 BIN = Path(sys.executable).parent
 
@@ -84,7 +89,7 @@ class LocalFlower:
     /proc during runs), so ``close()`` can end even processes that were re-parented.
     """
 
-    def __init__(self, home: Path, cwd: Path, log_path: Path) -> None:
+    def __init__(self, home: Path, cwd: Path, log_path: Path, allow_test_faults: bool = True) -> None:
         self.home, self.cwd, self.log_path = Path(home), Path(cwd), Path(log_path)
         self.port, self.control_port = free_port(), free_port()
         self.env = {**os.environ, "FLWR_HOME": str(self.home),
@@ -95,7 +100,8 @@ class LocalFlower:
                     # Ray starts its workers at nice 15; the ClientApps (all of the training) then starve
                     # behind any other busy process on a shared machine: 5x slower per step than the same
                     # steps in `clin-jepa train` at load ~8 on 2 cores (bench/fl_overhead.py).
-                    "RAY_worker_niceness": "0"}
+                    "RAY_worker_niceness": "0",
+                    SIMULATION_OPT_IN_ENV: "1" if allow_test_faults else "0"}
         self.superlink: subprocess.Popen | None = None
         self.seen: set[int] = set()
 

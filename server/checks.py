@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from clin_jepa.federation import norm_outliers, update_norm
+from clin_jepa.site_policy import REFUSED_CODE
 from server.privacy import budget_exhausted
 
 WEIGHT_KEY = "num-examples"
@@ -24,8 +25,8 @@ WEIGHT_KEY = "num-examples"
 @dataclass
 class Screened:
     """Outcome of one round's screen. ``problems`` maps node id -> (status, reason) for every node that
-    was asked but contributes nothing: ``error`` (the client raised), ``timeout`` (no reply in time),
-    ``rejected`` (reply failed a check)."""
+    was asked but contributes nothing: ``error`` (the client raised), ``refused`` (the run asks more than
+    the site's limits allow), ``timeout`` (no reply in time), ``rejected`` (reply failed a check)."""
 
     accepted: list[Message] = field(default_factory=list)
     problems: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -67,6 +68,9 @@ def screen_replies(replies: Iterable[Message], asked: Iterable[int], sent: Mappi
     for msg in replies:
         node = msg.metadata.src_node_id
         answered.add(node)
+        if msg.has_error() and msg.error.code == REFUSED_CODE:
+            out.problems[node] = ("refused", msg.error.reason.strip())
+            continue
         if msg.has_error():
             out.problems[node] = ("error", f"client failed: {msg.error.reason.strip()[-600:]}")
             continue

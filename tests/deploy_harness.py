@@ -154,14 +154,34 @@ class Deployment:
         return self.run_cli(argv, timeout=timeout)
 
     # -- hospitals ---------------------------------------------------------------------------
-    def start_supernode(self, name: str, site_config: Path) -> Proc:
+    def start_supernode(self, name: str, site_config: Path, allow_test_faults: bool = False) -> Proc:
+        """A hospital's SuperNode through deploy/hospital/start-supernode.sh; with ``allow_test_faults``
+        a drill node started with Flower directly, because the hospital script never opts in to test
+        hooks: the same settings plus node config ``allow-test-faults=true``."""
         runtime_port = free_port()
         self.ports.append(runtime_port)
+        state = self.root / f"node-{name}"
+        if allow_test_faults:
+            return self._start_drill_supernode(name, site_config, state, runtime_port)
         argv = [str(DEPLOY / "hospital" / "start-supernode.sh"), "--superlink", f"localhost:{self.port}",
-                "--site-config", str(site_config), "--state", str(self.root / f"node-{name}"),
-                "--runtime-port", str(runtime_port)]
+                "--site-config", str(site_config), "--state", str(state), "--runtime-port", str(runtime_port)]
         argv += ["--insecure"] if self.insecure else ["--keys", str(self.pki.node_dir(name))]
         return self._spawn(f"supernode-{name}", argv, self.env(cli=False))
+
+    def _start_drill_supernode(self, name: str, site_config: Path, state: Path, runtime_port: int) -> Proc:
+        node_config = f'site-config="{Path(site_config).resolve()}" allow-test-faults=true'
+        argv = [str(BIN / "flower-supernode"), "--superlink", f"localhost:{self.port}", "--host", "127.0.0.1",
+                "--port", str(runtime_port), "--isolation", "subprocess"]
+        if self.insecure:
+            argv += ["--insecure"]
+        else:
+            keys = self.pki.node_dir(name)
+            node_config += f' coordinator-pubkey="{keys / "coordinator_signing.pub"}"'
+            argv += ["--root-certificates", str(keys / "ca.crt"),
+                     "--auth-supernode-private-key", str(keys / "node.key")]
+        state.mkdir(parents=True, exist_ok=True)
+        return self._spawn(f"supernode-{name}", [*argv, "--node-config", node_config],
+                           self.env(state / "flwr-home"))
 
     # -- runs ------------------------------------------------------------------------------
     def _run_argv(self, run_config: dict[str, object]) -> list[str]:
