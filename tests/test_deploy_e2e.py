@@ -183,3 +183,37 @@ def test_unregistered_supernode_is_refused(tmp_path):
     finally:
         dep.stop_all()
         assert dep.leftovers() == [], "processes survived the test"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT)
+def test_test_hooks_act_only_at_an_opted_in_node(tmp_path):
+    """A hospital's SuperNode (deploy/hospital, no opt-in) refuses a run that carries inject-faults, at
+    the first message; a drill node with node config allow-test-faults=true acts on the same hook."""
+    dep = Deployment(tmp_path, ["node-1", "node-2"], insecure=True)
+    configs = _sites(tmp_path)
+    ckpt_dir = tmp_path / "ckpt"
+    try:
+        dep.start_superlink()
+        dep.add_federation()
+        hospital = dep.start_supernode("node-1", configs["node-1"])
+        drill = dep.start_supernode("node-2", configs["node-2"], allow_test_faults=True)
+        wait_for(lambda: dep.online_nodes() == 2, 120, "two SuperNodes online")
+        _finish(dep.start_run({"num-rounds": 1, "local-steps": 1, "preset": "tiny", "synth-if-missing": False,
+                               "round-timeout": 120.0, "min-sites": 1, "checkpoint-dir": str(ckpt_dir),
+                               "site-configs": f"{configs['node-1']},{configs['node-2']}",
+                               "inject-faults": "hospital_a:raise@1,hospital_b:raise@1"}))
+        statistics, round_one = _lines(ckpt_dir)
+        assert list(statistics["sites"]) == ["hospital_b"]
+        [refusal] = statistics["failed"].values()
+        assert refusal.startswith("client failed: site hospital_a refuses this run and trains nothing")
+        assert "allow-test-faults=true" in refusal, refusal
+        drilled = round_one["sites"]["hospital_b"]
+        assert drilled["status"] == "error" and "injected fault" in drilled["reason"], drilled
+        assert round_one["accepted"] == 0 and not round_one["updated"]
+        # what each node really runs with (the hospital script exec's Flower: its PID is the SuperNode's)
+        hospital_cmd, drill_cmd = (Path(f"/proc/{node.popen.pid}/cmdline").read_text()
+                                   for node in (hospital, drill))
+        assert "allow-test-faults" not in hospital_cmd and "allow-test-faults=true" in drill_cmd
+    finally:
+        dep.stop_all()
+        assert dep.leftovers() == [], "processes survived the test"
