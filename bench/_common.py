@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,3 +188,149 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, 
     if proc.returncode != 0:
         sys.exit(f"clin-jepa {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return wall, proc.stdout + proc.stderr
+
+
+# ---- training and evaluation runs shared by compare.py and learning.py ------------------------------------
+CLI = [sys.executable, "-m", "clin_jepa.cli"]
+
+
+def sh(cmd: list, log: Path | None = None) -> None:
+    """Run a command with one torch thread; output to ``log`` (or the console); a failure stops the
+    benchmark with the log's tail. Niceness is inherited: a benchmark lowers its own priority once."""
+    cmd = [str(c) for c in cmd]
+    print("$", " ".join(cmd), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    if log is None:
+        subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as fh:
+        res = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if res.returncode:
+        sys.exit(f"failed ({res.returncode}): {' '.join(cmd)}\n--- {log} ---\n{log.read_text()[-3000:]}")
+
+
+def synth_sites(data: Path, n_sites: int, patients: int, seed: int) -> list[Path]:
+    """``clin-jepa synth`` into ``data`` unless it already holds ``n_sites`` hospitals of ``patients``."""
+    configs = sorted(data.glob("*.yaml"))
+    stamp = data / "synth.json"
+    want = {"sites": n_sites, "patients": patients, "seed": seed}
+    if len(configs) != n_sites or not stamp.is_file() or json.loads(stamp.read_text()) != want:
+        sh([*CLI, "synth", "--out", data, "--sites", n_sites, "--patients", patients, "--seed", seed,
+            "--force"])
+        stamp.write_text(json.dumps(want))
+        configs = sorted(data.glob("*.yaml"))
+    return configs
+
+
+def train_finished(run: Path, steps: int) -> bool:
+    """``run/ckpt.pt`` is a checkpoint that reached its own step count, and that count is ``steps``."""
+    from clin_jepa.checkpoint import load_checkpoint
+    from clin_jepa.errors import ClinJepaError
+
+    if not (run / "ckpt.pt").is_file():
+        return False
+    try:
+        ck = load_checkpoint(run / "ckpt.pt")
+    except ClinJepaError:
+        return False
+    return ck.step == steps and (ck.extra.get("trainer") or {}).get("steps") == steps
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One `clin-jepa train` run; ``args`` are extra train flags (a model variant's)."""
+
+    label: str
+    sites: tuple[Path, ...]
+    run: Path
+    steps: int
+    seed: int
+    mode: str = "curriculum"
+    args: tuple[str, ...] = ()
+
+    def command(self, preset: str, batch_size: int, device: str) -> list:
+        return [*CLI, "train", "--sites", *self.sites, "--out", self.run, "--mode", self.mode, "--steps",
+                self.steps, "--batch-size", batch_size, "--preset", preset, "--seed", self.seed, "--device",
+                device, "--log-every", max(1, self.steps // 10), "--no-progress", *self.args]
+
+
+def train_all(jobs: list[TrainJob], preset: str, batch_size: int, device: str, logs: Path,
+              parallel: int) -> dict[str, Path]:
+    """label -> checkpoint of every job; a finished run (same steps) is reused, anything else retrained.
+    At most ``parallel`` runs at once, each with one torch thread."""
+
+    def one(job: TrainJob) -> tuple[str, Path]:
+        if train_finished(job.run, job.steps):
+            print(f"reuse {job.run}", flush=True)
+        else:
+            shutil.rmtree(job.run, ignore_errors=True)
+            start = time.perf_counter()
+            sh(job.command(preset, batch_size, device), log=logs / f"train-{job.label}.log")
+            took = time.perf_counter() - start
+            print(f"trained {job.label} in {took:.0f} s ({load_average()})", flush=True)
+        return job.label, job.run / "ckpt.pt"
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return dict(pool.map(one, jobs))
+
+
+def federated_finished(ckdir: Path, rounds: int) -> bool:
+    from clin_jepa.checkpoint import load_checkpoint
+    from clin_jepa.errors import ClinJepaError
+
+    try:
+        return (ckdir / "ckpt.pt").is_file() and load_checkpoint(ckdir / "ckpt.pt").round >= rounds
+    except ClinJepaError:
+        return False
+
+
+def run_federated(ckdir: Path, configs: list[Path], steps: int, local_steps: int, preset: str, seed: int,
+                  batch_size: int, logs: Path, timeout: float,
+                  extra: dict[str, object] | None = None) -> Path:
+    """`flwr run` on a private SuperLink with rounds × local_steps × sites = steps (the stays a centralized
+    run of ``steps`` sees); reused when its checkpoint already reached the rounds."""
+    rounds = max(1, round(steps / (local_steps * len(configs))))
+    ckdir = ckdir.resolve()
+    if federated_finished(ckdir, rounds):
+        print(f"reuse {ckdir}", flush=True)
+        return ckdir / "ckpt.pt"
+    shutil.rmtree(ckdir, ignore_errors=True)
+    config = {"num-rounds": rounds, "local-steps": local_steps, "preset": preset, "seed": seed,
+              "batch-size": batch_size, "site-configs": ",".join(str(c.resolve()) for c in configs),
+              "checkpoint-dir": str(ckdir), "synth-if-missing": False, **(extra or {})}
+    print(f"$ flwr run . ({rounds} rounds x {local_steps} steps x {len(configs)} sites, seed {seed})",
+          flush=True)
+    res = flower_run(logs / f"flwr-{ckdir.name}", config, num_supernodes=len(configs), timeout=timeout)
+    (logs / f"{ckdir.name}.log").write_text(res.output)
+    if res.returncode or not (ckdir / "ckpt.pt").is_file():
+        sys.exit(f"federated run failed ({res.returncode}); see {logs}/{ckdir.name}.log:\n"
+                 f"{res.output[-3000:]}")
+    print(f"trained {ckdir.name} in {res.wall_s:.0f} s ({load_average()})", flush=True)
+    return ckdir / "ckpt.pt"
+
+
+def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], args: list,
+                    main_args: list, logs: Path) -> dict:
+    """One `clin-jepa evaluate` per discretization (sites tokenized once per group); ``main_args`` go to
+    the group of the first checkpoint only (baselines, ground truth), the others get ``--no-baselines``.
+    Returns the merged ``models``/``baselines`` of all reports plus the main report's ``data``."""
+    from clin_jepa.checkpoint import load_checkpoint
+
+    groups: dict[str, list[str]] = {}
+    for label, ck in ckpts.items():
+        groups.setdefault(load_checkpoint(ck).load_discretization().fingerprint(), []).append(label)
+    merged: dict = {"models": {}, "baselines": {}, "reports": []}
+    for i, labels in enumerate(groups.values()):
+        out = reports / ("main" if i == 0 else labels[0].replace("@", "_"))
+        cmd = [*CLI, "evaluate", *(ckpts[lb] for lb in labels), "--sites", *configs, "--out", out,
+               "--labels", *(f"{lb}={ckpts[lb]}" for lb in labels), "--quiet", *args,
+               *(main_args if i == 0 else ["--no-baselines"])]
+        sh(cmd, log=logs / f"evaluate-{i}.log")
+        metrics = json.loads((out / "metrics.json").read_text())
+        merged["models"].update(metrics["models"])
+        merged["baselines"].update(metrics["baselines"])
+        merged["reports"].append(str(out))
+        merged.setdefault("data", metrics["data"])
+    return merged
