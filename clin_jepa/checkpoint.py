@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, set
 
 MAGIC = b"CLINJEPA-CKPT"
 VERSION = 1
+MAX_HEADER_BYTES = 256
+MAX_CHECKPOINT_BYTES = 16 << 30  # the base preset's checkpoints are ~0.8 GB
+MAX_ARCHIVE_MEMBERS = 100_000
 
 
 @dataclass
@@ -99,11 +104,27 @@ def read_verified_payload(path: str | Path, verify: bool = True) -> tuple[bytes,
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    raw = path.read_bytes()
-    header, sep, data = raw.partition(b"\n")
-    parts = header.split(b" ")
-    if not sep or len(parts) != 3 or parts[0] != MAGIC:
-        raise CheckpointError(f"{path}: not a Clin-JEPA checkpoint (missing '{MAGIC.decode()}' header)")
+    try:
+        with path.open("rb") as fh:
+            # The header first, from a bounded read: a huge or sparse file that is no checkpoint must not be
+            # read whole before it is recognized.
+            header, sep, _ = fh.read(MAX_HEADER_BYTES).partition(b"\n")
+            parts = header.split(b" ")
+            if not sep or len(parts) != 3 or parts[0] != MAGIC:
+                raise CheckpointError(f"{path}: not a Clin-JEPA checkpoint (missing '{MAGIC.decode()}' "
+                                      f"header)")
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(f"{path}: {size / 2**30:.1f} GiB is larger than any checkpoint this "
+                                      f"code writes (at most {MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB)")
+            fh.seek(len(header) + 1)
+            data = fh.read()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror}") from None
+    return _check_payload(path, parts, data, verify)
+
+
+def _check_payload(path: Path, parts: list[bytes], data: bytes, verify: bool) -> tuple[bytes, str]:
     if parts[1] != str(VERSION).encode():
         raise CheckpointError(f"{path}: checkpoint format version {parts[1].decode(errors='replace')} is "
                               f"not supported (this code reads version {VERSION})")
@@ -114,9 +135,32 @@ def read_verified_payload(path: str | Path, verify: bool = True) -> tuple[bytes,
     return data, digest
 
 
+def _check_archive(path: str | Path, data: bytes) -> None:
+    """``torch.save`` writes an uncompressed zip; a compressed member could inflate a small file into
+    gigabytes inside ``torch.load`` (a zip bomb), so only stored members within the file's size pass."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: checkpoint payload cannot be decoded (not a torch archive: "
+                              f"{exc})") from None
+    bad = [m.filename for m in members
+           if m.compress_type != zipfile.ZIP_STORED or m.file_size > len(data)]
+    if bad or len(members) > MAX_ARCHIVE_MEMBERS:
+        raise CheckpointError(f"{path}: checkpoint archive has compressed, oversized or too many members "
+                              f"({bad[:3] or len(members)}); torch.save never writes those, refusing to "
+                              f"decode it")
+
+
 def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
     """Read, verify and decode a checkpoint written by :func:`save_checkpoint`."""
     data, _ = read_verified_payload(path, verify)
+    return decode_checkpoint(path, data)
+
+
+def decode_checkpoint(path: str | Path, data: bytes) -> Checkpoint:
+    """The checkpoint in ``data`` (a verified payload of the file ``path``, named in errors)."""
+    _check_archive(path, data)
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for damaged pickles

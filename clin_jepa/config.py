@@ -6,17 +6,22 @@ together. Every invalid value raises :class:`ConfigError` naming the key path an
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re2
 import yaml
 
 from clin_jepa.errors import ConfigError
 
 DEVICES = ("cpu", "cuda", "auto")
+MAX_YAML_BYTES = 1 << 20
+MAX_REGEX_CHARS = 1000
+MAX_BATCH_SIZE = 1 << 16  # beyond this a batch cannot fit any device this project targets
 TRANSPORT_DTYPES = ("float32", "float16")
 
 
@@ -30,7 +35,7 @@ class CodeRule:
     regex: bool = False
 
     def matches(self, code: str) -> bool:
-        return re.fullmatch(self.pattern, code) is not None if self.regex else code == self.pattern
+        return compile_regex(self.pattern).fullmatch(code) is not None if self.regex else code == self.pattern
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class SiteConfig:
     limits: SiteLimits = field(default_factory=SiteLimits)
 
     def is_ignored(self, code: str) -> bool:
-        return any(re.fullmatch(p, code) for p in self.ignore_codes)
+        return any(compile_regex(p).fullmatch(code) for p in self.ignore_codes)
 
 
 def _get(d: dict[str, Any], key: str, path: str, typ: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -108,11 +113,25 @@ def _only(d: dict[str, Any], allowed: tuple[str, ...], path: str) -> dict[str, A
     return d
 
 
+@functools.lru_cache(maxsize=1024)
+def compile_regex(pattern: str) -> re2._Regexp:
+    """``pattern`` compiled by RE2, which matches in time linear in the input: a site's code regexes run
+    on every distinct code of its data, and a backtracking engine can take 2^n steps on ``(a+)+$``."""
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own line to stderr besides our error
+    return re2.compile(pattern, options=options)
+
+
 def _regex(pattern: str, path: str) -> str:
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise ConfigError(f"{path}: regular expression of {len(pattern)} characters; at most "
+                          f"{MAX_REGEX_CHARS}")
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"{path}: invalid regular expression {pattern!r}: {exc}") from None
+        compile_regex(pattern)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ConfigError(f"{path}: invalid regular expression {pattern!r}: {reason} (patterns use RE2 "
+                          f"syntax: no look-around or back-references)") from None
     return pattern
 
 
@@ -180,6 +199,13 @@ def _limits(raw: dict[str, Any], device: str) -> SiteLimits:
                       compile=_get(raw, "compile", "limits", bool, False))
 
 
+def _resolve(path: Path, key: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError for a symlink loop
+        raise ConfigError(f"{key}: {path} cannot be resolved ({exc}); point it at a real folder") from None
+
+
 def _ignore_item(item: Any, i: int) -> str:
     if not isinstance(item, str):
         raise ConfigError(f"ignore_codes[{i}]: expected a code regex string, got {item!r}")
@@ -196,8 +222,10 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     if unknown:
         raise ConfigError(f"site config: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     site = _get(raw, "site", "site config", str)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", site):
-        raise ConfigError(f"site: {site!r} must use letters, digits, '_', '.', '-' only")
+    # The name becomes a folder (state/<site>, reports): it must not be '.', '..' or start with a dot.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", site) or ".." in site:
+        raise ConfigError(f"site: {site!r} must be 1-64 letters, digits, '_', '.', '-', start with a letter "
+                          f"or digit and not contain '..'")
     data = _only(_get(raw, "data", "site config", dict), ("path",), "data")
     stay = _only(_get(raw, "icu_stay", "site config", dict), ("start", "end"), "icu_stay")
     training = _only(_get(raw, "training", "site config", dict, {}), ("batch_size", "device"), "training")
@@ -205,15 +233,15 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     if device not in DEVICES:
         raise ConfigError(f"training.device: {device!r} is not one of {list(DEVICES)}")
     batch = _get(training, "batch_size", "training", int, 32)
-    if batch < 1:
-        raise ConfigError(f"training.batch_size: must be >= 1, got {batch}")
+    if not 1 <= batch <= MAX_BATCH_SIZE:
+        raise ConfigError(f"training.batch_size: must be between 1 and {MAX_BATCH_SIZE}, got {batch}")
     share = _get(raw, "max_unmapped_share", "site config", (int, float), 0.05)
     if not 0.0 <= share <= 1.0:
         raise ConfigError(f"max_unmapped_share: must be in [0, 1], got {share}")
     ignore = _get(raw, "ignore_codes", "site config", list, [])
     return SiteConfig(
         site=site,
-        data_path=(base_dir / _get(data, "path", "data", str)).resolve(),
+        data_path=_resolve(base_dir / _get(data, "path", "data", str), "data.path"),
         stay=StayDefinition(_regex(_get(stay, "start", "icu_stay", str), "icu_stay.start"),
                             _regex(_get(stay, "end", "icu_stay", str), "icu_stay.end")),
         code_map=_code_rules(_get(raw, "code_map", "site config", list), "code_map"),
@@ -221,11 +249,47 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
         max_unmapped_share=float(share),
         batch_size=batch,
         device=device,
-        state_dir=(base_dir / _get(raw, "state_dir", "site config", str, f"../state/{site}")).resolve(),
+        state_dir=_resolve(base_dir / _get(raw, "state_dir", "site config", str, f"../state/{site}"),
+                           "state_dir"),
         privacy=_privacy(_get(raw, "privacy", "site config", dict, {}), "privacy"),
         source=source,
         limits=_limits(_get(raw, "limits", "site config", dict, {}), device),
     )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml_file(path: Path, what: str) -> Any:
+    """A small UTF-8 YAML file parsed safely; :class:`ConfigError` for anything else."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: the {what} is larger than {MAX_YAML_BYTES >> 20} MiB; a {what} is a "
+                          f"short YAML file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}); save it as "
+                          f"UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
@@ -233,10 +297,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: site config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = load_yaml_file(path, "site config")
     try:
         return parse_site_config(raw, path.parent.resolve(), path)
     except ConfigError as exc:

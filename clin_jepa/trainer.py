@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from clin_jepa.config import MAX_BATCH_SIZE, load_site_config
 from clin_jepa.curriculum import CurriculumConfig, CurriculumSchedule, phase_at
 from clin_jepa.errors import ConfigError
 from clin_jepa.io import atomic_write_text
@@ -29,6 +30,7 @@ from clin_jepa.train import build_optimizer, train_steps
 
 CKPT_NAME = "ckpt.pt"
 METRICS_NAME = "metrics.jsonl"
+MAX_HOURS = 24 * 30
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class TrainerConfig:
         for name in ("batch_size", "log_every", "hours"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ConfigError(f"train.batch_size: at most {MAX_BATCH_SIZE}, got {self.batch_size}")
+        if self.hours > MAX_HOURS:
+            raise ConfigError(f"train.hours: at most {MAX_HOURS} hours per stay window, got {self.hours}")
         if self.steps < 0:  # 0 = the seeded, untrained initialization (the paired control of a seed)
             raise ConfigError(f"train.steps: must be >= 0, got {self.steps}")
         if self.ckpt_every < 0:
@@ -89,7 +95,6 @@ class PreparedSites:
 def prepare_sites(paths: Sequence[str | Path], hours: int = 72, disc: Any = None) -> PreparedSites:
     """Load site configs; without ``disc``, run the statistics round (per-site histograms, merged,
     quantile edges) as the federation would; tokenize every site and pool the train splits."""
-    from clin_jepa.config import load_site_config
     from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
     from clin_jepa.data.tasks import load_tasks
     from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
@@ -115,13 +120,47 @@ def resolve_device(name: str) -> torch.device:
     return resolve(name, "train.device")
 
 
+def _read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The run's metrics lines, each with its record; a :class:`ConfigError` for a damaged file (checked
+    before a resume writes anything)."""
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"resume: cannot read {path} ({exc})") from None
+    out = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            torn = " (the last line is torn: the run stopped while writing it)" if i == len(lines) else ""
+            raise ConfigError(f"resume: {path} line {i} is not a JSON record{torn}; delete that line (or "
+                              f"restore the file) and resume again")
+        out.append((line, record))
+    return out
+
+
 def _rewind_metrics(path: Path, step: int) -> None:
     """Drop records written after the checkpoint we resume from (they will be produced again)."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+    if path.is_file():
+        keep = [line for line, record in _read_metrics(path) if record.get("step", 0) <= step]
+        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def _refuse_private_sites(sites: Sequence[str | Path]) -> None:
+    """Centralized training has no DP-SGD: a site whose config switches privacy on is refused, never
+    silently trained without it."""
+    private = [cfg.site for cfg in map(load_site_config, sites) if cfg.privacy.enabled]
+    if private:
+        raise ConfigError(f"train: site(s) {private} have privacy.enabled: true, and `clin-jepa train` does "
+                          f"not train with DP-SGD; train them federated (flwr run, sample-level DP at each "
+                          f"site) or set privacy.enabled: false in a copy of the config for a non-private "
+                          f"reference run")
 
 
 @dataclass
@@ -149,9 +188,13 @@ def _open_run(sites: Sequence[str | Path], out: Path, tcfg: TrainerConfig | None
               ccfg: CurriculumConfig | None, resume: bool) -> _Run:
     """A fresh run (seeded init, statistics round) or the state stored in ``out/ckpt.pt``."""
     ckpt = None
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; --out must be a folder (new or holding this run)")
+    _refuse_private_sites(sites)
     if resume:
         if tcfg is not None or ccfg is not None:
             raise ConfigError("resume continues the stored run: do not pass new trainer/curriculum settings")
+        _read_metrics(out / METRICS_NAME)
         ckpt = load_checkpoint(out / CKPT_NAME)
         tcfg = TrainerConfig.from_dict(ckpt.extra["trainer"])
         ccfg = CurriculumConfig.from_dict(ckpt.curriculum)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from clin_jepa.errors import ConfigError
 
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0 or args.gru_epochs < 1:
         raise ConfigError("--bootstrap must be >= 0 and --gru-epochs >= 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; the report needs a folder")
     if args.public_key:
         from clin_jepa.security.signing import verify_file
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+MAX_PATIENTS = 1_000_000
 HELP = "Generate synthetic ICU hospitals as MEDS datasets plus matching site config YAMLs."
 
 
@@ -31,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clin_jepa.data.synth import synthesize
+    from clin_jepa.errors import ConfigError
 
+    if not 10 <= args.patients <= MAX_PATIENTS:  # checked here too: the simulator allocates per patient
+        raise ConfigError(f"--patients: must be between 10 and {MAX_PATIENTS:,} per site, "
+                          f"got {args.patients}")
     start = time.perf_counter()
     outputs = synthesize(args.out, args.sites, args.patients, args.seed, args.force, args.subjects_per_shard)
     for o in outputs:

@@ -85,12 +85,14 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("--out DIR is required (or --resume DIR to continue a run)")
         first = load_site_config(args.sites[0])
+        # `x if given else default`, never `x or default`: an explicit 0 must reach the checks, not vanish
+        given = lambda value, default: default if value is None else value  # noqa: E731
         tcfg = TrainerConfig(
-            preset=args.preset or "small", steps=1000 if args.steps is None else args.steps,
-            batch_size=args.batch_size or first.batch_size, seed=args.seed or 0,
-            log_every=args.log_every or 25, ckpt_every=args.ckpt_every or 0, hours=args.hours or 72,
-            device=args.device or first.device, compile=args.compile,
-            loss=LossConfig(rollout_steps=args.rollout_steps or 2))
+            preset=given(args.preset, "small"), steps=given(args.steps, 1000),
+            batch_size=given(args.batch_size, first.batch_size), seed=given(args.seed, 0),
+            log_every=given(args.log_every, 25), ckpt_every=given(args.ckpt_every, 0),
+            hours=given(args.hours, 72), device=given(args.device, first.device), compile=args.compile,
+            loss=LossConfig(rollout_steps=given(args.rollout_steps, 2)))
         ccfg = CurriculumConfig(mode=args.mode or "curriculum")
         if args.lr is not None:
             ccfg = dataclasses.replace(ccfg, lr=args.lr, min_lr=min(ccfg.min_lr, args.lr))

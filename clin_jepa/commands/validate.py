@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
             summary = validate_site(load_site_config(path), tasks)
         except ClinJepaError as exc:
             failed += 1
-            print(f"{path}: INVALID\n{exc}\n", file=sys.stderr)
+            print(f"{path}: INVALID\n{exc}", file=sys.stderr)  # one paragraph: no blank line
             continue
         print(summary.format() + "\n")
     if failed:

@@ -8,13 +8,12 @@ overlap; a stay ends at the first end code after its start or at death, whicheve
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import meds
 import numpy as np
 
-from clin_jepa.config import CodeRule, SiteConfig
+from clin_jepa.config import CodeRule, SiteConfig, compile_regex
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.meds import NAT, Shard
 
@@ -82,8 +81,8 @@ class CodeMapper:
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
-        self._start = re.compile(cfg.stay.start)
-        self._end = re.compile(cfg.stay.end)
+        self._start = compile_regex(cfg.stay.start)
+        self._end = compile_regex(cfg.stay.end)
         self._rules = [(rule, _usable(rule)) for rule in cfg.code_map]
         self._memo: dict[str, tuple[int, int, float, float, bool, bool]] = {}
 

@@ -91,8 +91,14 @@ def _encode_codes(table: pa.Table) -> tuple[list[str], np.ndarray]:
 
 def read_shard(path: Path) -> Shard:
     """Read the columns this project uses from one data shard (codes straight from parquet's dictionary)."""
-    columns = [c for c in (SUBJECT, TIME, CODE, VALUE) if c in pq.read_schema(path).names]
-    return table_to_shard(path, pq.read_table(path, columns=columns, read_dictionary=[CODE]))
+    try:
+        columns = [c for c in (SUBJECT, TIME, CODE, VALUE) if c in pq.read_schema(path).names]
+        table = pq.read_table(path, columns=columns, read_dictionary=[CODE])
+    except (pa.ArrowException, OSError) as exc:  # a damaged or truncated shard is an input problem
+        raise DataValidationError(str(path.parent), [f"{path.name}: not a readable parquet file "
+                                                     f"({type(exc).__name__}: {str(exc)[:200]}); run "
+                                                     f"`clin-jepa validate` on the site"]) from None
+    return table_to_shard(path, table)
 
 
 def iter_shards(root: Path) -> Iterator[Shard]:

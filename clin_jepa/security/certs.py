@@ -40,6 +40,7 @@ PUBLIC_MODE = 0o644
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 CA_DAYS = 3650
 SERVER_DAYS = 825
+MAX_NODES = 1000
 _NODE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # no leading dot: ".." would escape nodes/
 # A hostname label: letters, digits, hyphens, not starting/ending with a hyphen (RFC 1123).
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -105,8 +106,8 @@ class PkiLayout:
 
 def default_node_names(n_nodes: int) -> list[str]:
     """``node-1`` … ``node-N``."""
-    if n_nodes < 1:
-        raise ConfigError(f"--nodes must be at least 1, got {n_nodes}.")
+    if not 1 <= n_nodes <= MAX_NODES:
+        raise ConfigError(f"--nodes must be between 1 and {MAX_NODES}, got {n_nodes}.")
     return [f"node-{i}" for i in range(1, n_nodes + 1)]
 
 
@@ -221,6 +222,8 @@ def generate_pki(
     """
     if not hosts:
         raise ConfigError("give at least one --host: the DNS name or IP the hospitals use for the SuperLink.")
+    if len(node_names) > MAX_NODES:
+        raise ConfigError(f"at most {MAX_NODES} nodes per federation; got {len(node_names)}.")
     bad = [n for n in node_names if not _NODE_NAME.match(n)]
     if bad or len(set(node_names)) != len(node_names):
         raise ConfigError(f"node names must be unique, made of letters, digits, '_', '.', '-', and not start "
@@ -228,6 +231,7 @@ def generate_pki(
     subject_alt_names(hosts)  # validate every host before writing anything
     layout = PkiLayout(Path(out_dir))
     targets = layout.all_paths(node_names)
+    _check_writable_tree(Path(out_dir), targets)
     existing = [str(p) for p in targets if p.exists()]
     if existing and not force:
         raise ConfigError(
@@ -259,6 +263,29 @@ def generate_pki(
             (layout.node_ca_cert(name), ca_pem, PUBLIC_MODE),
             (layout.node_signing_pub(name), signing_pub, PUBLIC_MODE),
         ]
-    for path, data, mode in files:
-        atomic_write_bytes(path, data, mode=mode)
+    written: list[Path] = []
+    try:
+        for path, data, mode in files:
+            atomic_write_bytes(path, data, mode=mode)
+            written.append(path)
+    except OSError as exc:  # a half-made PKI (a CA key without its certificates) is worse than none
+        if not force:
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {exc.filename or out_dir}: {exc.strerror}; "
+                          f"{'removed the files written so far' if not force else 'the PKI is incomplete'}"
+                          ) from None
     return [path for path, _, _ in files]
+
+
+def _check_writable_tree(root: Path, targets: list[Path]) -> None:
+    """Refuse before writing anything when a folder the PKI needs is a file (or a target a folder)."""
+    for target in targets:
+        if target.is_dir():
+            raise ConfigError(f"{target} is a folder; the PKI needs a file there. Choose another --out.")
+        for parent in [target.parent, *target.parent.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"{parent} exists and is not a folder; the PKI needs a folder there. "
+                                  f"Choose another --out or move that file.")
+            if parent == root or parent == parent.parent:
+                break
