@@ -6,6 +6,7 @@ Every process a benchmark starts is stopped by PID when it ends (``LocalFlower.c
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -194,6 +195,25 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, 
 CLI = [sys.executable, "-m", "clin_jepa.cli"]
 
 
+def run_arguments(p: argparse.ArgumentParser, out: str, patients: int, steps: int) -> None:
+    """The options every seeded training benchmark shares (data, budget, seeds, parallelism, evaluation)."""
+    p.add_argument("--out", default=out, type=Path)
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--patients", type=int, default=patients, help="subjects per synthetic hospital")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic hospitals")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="init seeds (and GRU seeds)")
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps of every run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one torch thread each)")
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--gru-epochs", type=int, default=30)
+    p.add_argument("--federated-timeout", type=float, default=3600, help="seconds per Flower run")
+    p.add_argument("--local-steps", type=int, default=10, help="per-site steps per federated round")
+    p.add_argument("--no-local", action="store_true", help="skip the local-only runs")
+
+
 def sh(cmd: list, log: Path | None = None) -> None:
     """Run a command with one torch thread; output to ``log`` (or the console); a failure stops the
     benchmark with the log's tail. Niceness is inherited: a benchmark lowers its own priority once."""
@@ -258,16 +278,20 @@ class TrainJob:
 
 def train_all(jobs: list[TrainJob], preset: str, batch_size: int, device: str, logs: Path,
               parallel: int) -> dict[str, Path]:
-    """label -> checkpoint of every job; a finished run (same steps) is reused, anything else retrained.
+    """label -> checkpoint of every job; a finished run of the same command (steps, flags) is reused,
+    anything else retrained. Code changes are not detected: use a new OUT folder for a new model version.
     At most ``parallel`` runs at once, each with one torch thread."""
 
     def one(job: TrainJob) -> tuple[str, Path]:
-        if train_finished(job.run, job.steps):
+        cmd = [str(c) for c in job.command(preset, batch_size, device)]
+        stamp = job.run / "bench_command.json"  # other flags (a variant's) make another run
+        if train_finished(job.run, job.steps) and stamp.is_file() and json.loads(stamp.read_text()) == cmd:
             print(f"reuse {job.run}", flush=True)
         else:
             shutil.rmtree(job.run, ignore_errors=True)
             start = time.perf_counter()
-            sh(job.command(preset, batch_size, device), log=logs / f"train-{job.label}.log")
+            sh(cmd, log=logs / f"train-{job.label}.log")
+            stamp.write_text(json.dumps(cmd))
             took = time.perf_counter() - start
             print(f"trained {job.label} in {took:.0f} s ({load_average()})", flush=True)
         return job.label, job.run / "ckpt.pt"
@@ -293,13 +317,14 @@ def run_federated(ckdir: Path, configs: list[Path], steps: int, local_steps: int
     run of ``steps`` sees); reused when its checkpoint already reached the rounds."""
     rounds = max(1, round(steps / (local_steps * len(configs))))
     ckdir = ckdir.resolve()
-    if federated_finished(ckdir, rounds):
-        print(f"reuse {ckdir}", flush=True)
-        return ckdir / "ckpt.pt"
-    shutil.rmtree(ckdir, ignore_errors=True)
     config = {"num-rounds": rounds, "local-steps": local_steps, "preset": preset, "seed": seed,
               "batch-size": batch_size, "site-configs": ",".join(str(c.resolve()) for c in configs),
               "checkpoint-dir": str(ckdir), "synth-if-missing": False, **(extra or {})}
+    stamp = ckdir.parent / f"{ckdir.name}.run_config.json"
+    if federated_finished(ckdir, rounds) and stamp.is_file() and json.loads(stamp.read_text()) == config:
+        print(f"reuse {ckdir}", flush=True)
+        return ckdir / "ckpt.pt"
+    shutil.rmtree(ckdir, ignore_errors=True)
     print(f"$ flwr run . ({rounds} rounds x {local_steps} steps x {len(configs)} sites, seed {seed})",
           flush=True)
     res = flower_run(logs / f"flwr-{ckdir.name}", config, num_supernodes=len(configs), timeout=timeout)
@@ -307,6 +332,7 @@ def run_federated(ckdir: Path, configs: list[Path], steps: int, local_steps: int
     if res.returncode or not (ckdir / "ckpt.pt").is_file():
         sys.exit(f"federated run failed ({res.returncode}); see {logs}/{ckdir.name}.log:\n"
                  f"{res.output[-3000:]}")
+    stamp.write_text(json.dumps(config))
     print(f"trained {ckdir.name} in {res.wall_s:.0f} s ({load_average()})", flush=True)
     return ckdir / "ckpt.pt"
 
@@ -334,3 +360,23 @@ def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], 
         merged["reports"].append(str(out))
         merged.setdefault("data", metrics["data"])
     return merged
+
+
+def evaluate_benchmark(args: argparse.Namespace, configs: list[Path], ckpts: dict[str, Path],
+                       first: str) -> dict:
+    """`evaluate_groups` with a benchmark's options: ground truth for every group, the baselines (one GRU
+    per seed) with the group of ``first``."""
+    return evaluate_groups(args.out / "reports", configs, {first: ckpts[first], **ckpts},
+                           ["--bootstrap", args.bootstrap, "--seed", args.seeds[0], "--device", args.device,
+                            "--ground-truth"],
+                           ["--gru-epochs", args.gru_epochs, "--gru-seeds", *args.seeds], args.out / "logs")
+
+
+def write_outputs(out: Path, name: str, data: dict, md: str) -> None:
+    """``out/name.json`` (strict JSON: NaN as null) and ``out/name.md``, atomically; prints the Markdown."""
+    from clin_jepa.evaluation.report import to_jsonable
+    from clin_jepa.io import atomic_write_text
+
+    atomic_write_text(out / f"{name}.json", json.dumps(to_jsonable(data), indent=2) + "\n")
+    atomic_write_text(out / f"{name}.md", md)
+    print(md)

@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -37,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     ROOT,
     TrainJob,
-    evaluate_groups,
+    evaluate_benchmark,
     load_average,
+    run_arguments,
     run_federated,
     synth_sites,
     train_all,
+    write_outputs,
 )
 from _learning_table import baselines_of, criteria, runs_of, table, verdicts  # noqa: E402
 
@@ -50,30 +51,16 @@ MODELS = ("curriculum", "naive", "federated", "untrained", "local")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/learning", type=Path)
-    p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--patients", type=int, default=1000, help="subjects per synthetic hospital")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic hospitals")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="init seeds (and GRU seeds)")
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps of every run")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--device", default="cpu")
+    run_arguments(p, out="runs/learning", patients=1000, steps=600)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--no-federated", action="store_true")
-    p.add_argument("--no-local", action="store_true")
     p.add_argument("--local-seeds", type=int, default=1,
                    help="local-only runs for the first N seeds (budget: 3 sites x seeds runs)")
-    p.add_argument("--local-steps", type=int, default=10, help="per-site steps per federated round")
     p.add_argument("--train-args", default="", help="extra `clin-jepa train` flags for every run")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="extra model NAME: curriculum with these train flags (repeatable)")
     p.add_argument("--run-config", default="", help="extra federated run-config, 'key=value ...'")
-    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel")
     p.add_argument("--nice", type=int, default=10, help="niceness of this benchmark and its children")
-    p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--gru-epochs", type=int, default=30)
-    p.add_argument("--federated-timeout", type=float, default=3600)
     args = p.parse_args(argv)
     models = set(args.models) - ({"federated"} if args.no_federated else set()) - (
         {"local"} if args.no_local else set())
@@ -136,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if "federated" in args.models:
         ckpts.update(federated(args, configs))
     first = next((k for k in ckpts if not k.startswith("local-")), next(iter(ckpts)))
-    ordered = {first: ckpts[first], **ckpts}  # the pooled discretization's group gets the baselines
-    merged = evaluate_groups(args.out / "reports", configs, ordered,
-                             ["--bootstrap", args.bootstrap, "--seed", args.seeds[0], "--device", args.device,
-                              "--ground-truth"],
-                             ["--gru-epochs", args.gru_epochs, "--gru-seeds", *args.seeds], logs)
+    merged = evaluate_benchmark(args, configs, ckpts, first)  # the pooled discretization gets the baselines
     runs = runs_of(merged["models"])
     baselines = baselines_of(merged["baselines"], args.seeds)
     crit = criteria(runs, baselines, baseline_task_max(merged))
@@ -152,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {args.batch_size}, preset {args.preset}, seeds {args.seeds}; held-out stays "
             f"{merged['data']['n_stays']['held_out']}; {settings['load']}; {settings['wall_s']} s.\n\n"
             + table(runs, baselines) + "\n\n## Criteria\n\n```\n" + verdicts(crit) + "\n```\n")
-    from clin_jepa.evaluation.report import to_jsonable
-    from clin_jepa.io import atomic_write_text
-
-    atomic_write_text(args.out / "learning.json", json.dumps(to_jsonable(result), indent=2) + "\n")
-    atomic_write_text(args.out / "learning.md", text)
-    print(text)
+    write_outputs(args.out, "learning", result, text)
     print(f"total {settings['wall_s']} s, {load_average()} -> {args.out / 'learning.json'}")
     return 0
 
