@@ -9,11 +9,13 @@ a ``torch.save`` of plain containers (tensors, numbers, strings, lists, dicts) s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import os
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,28 +101,41 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> str:
     return digest
 
 
-def read_verified_payload(path: str | Path, verify: bool = True) -> tuple[bytes, str]:
-    """The payload bytes and their recorded sha256; raises :class:`CheckpointError` on any mismatch."""
+def read_checkpoint_file(path: str | Path) -> bytes:
+    """The whole file, read once: header first from a bounded read (a huge or sparse file that is no
+    checkpoint is never read whole), then a size limit, then the rest. Signature verification and
+    decoding both work on these bytes, so nothing can swap the file between them."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         with path.open("rb") as fh:
-            # The header first, from a bounded read: a huge or sparse file that is no checkpoint must not be
-            # read whole before it is recognized.
-            header, sep, _ = fh.read(MAX_HEADER_BYTES).partition(b"\n")
-            parts = header.split(b" ")
-            if not sep or len(parts) != 3 or parts[0] != MAGIC:
-                raise CheckpointError(f"{path}: not a Clin-JEPA checkpoint (missing '{MAGIC.decode()}' "
-                                      f"header)")
+            head = fh.read(MAX_HEADER_BYTES)
+            _split_header(path, head)
             size = os.fstat(fh.fileno()).st_size
             if size > MAX_CHECKPOINT_BYTES:
                 raise CheckpointError(f"{path}: {size / 2**30:.1f} GiB is larger than any checkpoint this "
                                       f"code writes (at most {MAX_CHECKPOINT_BYTES / 2**30:.0f} GiB)")
-            fh.seek(len(header) + 1)
-            data = fh.read()
+            return head + fh.read()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror}") from None
+
+
+def _split_header(path: Path, raw: bytes) -> tuple[list[bytes], bytes]:
+    header, sep, data = raw.partition(b"\n")
+    parts = header.split(b" ")
+    if not sep or len(parts) != 3 or parts[0] != MAGIC:
+        raise CheckpointError(f"{path}: not a Clin-JEPA checkpoint (missing '{MAGIC.decode()}' header)")
+    return parts, data
+
+
+def read_verified_payload(path: str | Path, verify: bool = True,
+                          raw: bytes | None = None) -> tuple[bytes, str]:
+    """The payload bytes and their recorded sha256; raises :class:`CheckpointError` on any mismatch.
+    ``raw``: the file's bytes already read (and signature-verified) by the caller."""
+    path = Path(path)
+    raw = read_checkpoint_file(path) if raw is None else raw
+    parts, data = _split_header(path, raw)
     return _check_payload(path, parts, data, verify)
 
 
@@ -152,9 +167,31 @@ def _check_archive(path: str | Path, data: bytes) -> None:
                               f"decode it")
 
 
-def load_checkpoint(path: str | Path, verify: bool = True) -> Checkpoint:
-    """Read, verify and decode a checkpoint written by :func:`save_checkpoint`."""
-    data, _ = read_verified_payload(path, verify)
+# A check of the file's bytes (a signature) that every load in this process must pass, installed by
+# :func:`verified_loads`: it runs on the very bytes that are then decoded, so the file cannot be swapped
+# between verification and ``torch.load``, and code that loads checkpoints needs no signing arguments.
+Verifier = Callable[[Path, bytes], object]
+_verifier: Verifier | None = None
+
+
+@contextlib.contextmanager
+def verified_loads(verifier: Verifier) -> Iterator[None]:
+    """Within the block, :func:`load_checkpoint` passes every file's bytes to ``verifier`` first."""
+    global _verifier
+    previous, _verifier = _verifier, verifier
+    try:
+        yield
+    finally:
+        _verifier = previous
+
+
+def load_checkpoint(path: str | Path, verify: bool = True, raw: bytes | None = None) -> Checkpoint:
+    """Read (once), verify and decode a checkpoint written by :func:`save_checkpoint` (from ``raw``, the
+    file's bytes, when the caller has read them already)."""
+    raw = read_checkpoint_file(path) if raw is None else raw
+    if _verifier is not None:
+        _verifier(Path(path), raw)
+    data, _ = read_verified_payload(path, verify, raw)
     return decode_checkpoint(path, data)
 
 

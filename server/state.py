@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verified_loads
 from clin_jepa.data.stats import Discretization
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.errors import CheckpointError, ConfigError
 from clin_jepa.federation import FederationConfig, RoundPlan, ema_update
 from clin_jepa.io import atomic_write_text
 from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, preset
-from clin_jepa.security.signing import sign_file, verify_file
+from clin_jepa.security.checkpoints import checkpoint_verifier, signing_context
+from clin_jepa.security.signing import sign_file
 
 LATEST = "ckpt.pt"
 METRICS = "metrics.jsonl"
@@ -117,11 +118,14 @@ def save_round(state: ServerState, out_dir: Path, step: int, phase: str, metrics
     ckpt = state.checkpoint(step, phase, metrics, sites)
     per_round = out_dir / f"round_{state.round:04d}.pt"
     save_checkpoint(per_round, ckpt)
-    for path in (per_round, out_dir / LATEST):
+    # ckpt.pt is signed before the round file: a crash in between must not leave a signed round newer
+    # than the signed latest, which resume would refuse as a rollback.
+    for path in (out_dir / LATEST, per_round):
         if path != per_round:
             _publish(per_round, path)
         if state.cfg.signing_key:  # right after each save: a crash leaves at most one file unsigned
-            sign_file(path, state.cfg.resolve(state.cfg.signing_key))
+            sign_file(path, state.cfg.resolve(state.cfg.signing_key),
+                      signing_context(state.run_id, state.round, path))
     append_metrics(out_dir, metrics)
     return per_round
 
@@ -169,9 +173,16 @@ def truncate_metrics(out_dir: Path, last_round: int) -> None:
 def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
     """Load ``directory/ckpt.pt`` and check it continues a run with the same schedule."""
     path = directory / LATEST if directory.is_dir() else directory
-    if cfg.signing_key:
-        verify_file(path, cfg.resolve(cfg.signing_key))
-    ckpt = load_checkpoint(path)
+    if cfg.signing_key:  # signature, role, round and run checked on the very bytes that are decoded
+        signed: list[dict[str, Any]] = []
+        verify = checkpoint_verifier(cfg.resolve(cfg.signing_key))
+        with verified_loads(lambda p, raw: signed.append(verify(p, raw))):
+            ckpt = load_checkpoint(path)
+        if signed[0].get("run", ckpt.extra.get("run_id")) != ckpt.extra.get("run_id"):
+            raise CheckpointError(f"{path}: signed for run {signed[0].get('run')!r} but holds run "
+                                  f"{ckpt.extra.get('run_id')!r}; refusing to resume")
+    else:
+        ckpt = load_checkpoint(path)
     stored = ckpt.extra.get("federation")
     if not isinstance(stored, dict):
         raise CheckpointError(f"{path}: not a federated checkpoint (no federation config in it)")

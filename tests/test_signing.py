@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 
@@ -39,10 +40,12 @@ def test_roundtrip_and_signature_is_standard_ecdsa_sha256(keys, ckpt):
     verify_file(ckpt, a.signing_pub)
     verify_file(ckpt, a.node_signing_pub("n"))  # the copy each hospital receives
     verify_file(ckpt, a.signing_key)  # the ServerApp checks a resumed checkpoint with its own key
-    # Independent check: the stored signature is plain ECDSA/SHA-256 over the file's bytes.
+    # Independent check: the stored signature is plain ECDSA/SHA-256 over (prefix, context, file digest).
     doc = json.loads(sig.read_text())
     pub = serialization.load_pem_public_key(a.signing_pub.read_bytes())
-    pub.verify(base64.b64decode(doc["signature"]), ckpt.read_bytes(), ec.ECDSA(hashes.SHA256()))
+    context = json.dumps(doc["context"], sort_keys=True, separators=(",", ":")).encode()
+    message = b"clin-jepa signed file v2\n" + context + b"\n" + hashlib.sha256(ckpt.read_bytes()).digest()
+    pub.verify(base64.b64decode(doc["signature"]), message, ec.ECDSA(hashes.SHA256()))
 
 
 def test_unsigned_checkpoint_is_refused(keys, ckpt):

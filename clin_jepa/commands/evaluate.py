@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -52,10 +53,13 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; the report needs a folder")
     if args.public_key:
+        # Fail fast (before any data is read or report written), then check again where each checkpoint
+        # is loaded, on the very bytes that are decoded.
+        from clin_jepa.security.checkpoints import check_context
         from clin_jepa.security.signing import verify_file
 
         for ckpt in args.checkpoints:
-            verify_file(ckpt, args.public_key)
+            check_context(Path(ckpt), verify_file(ckpt, args.public_key))
     else:
         # Local simulations write unsigned checkpoints; say so rather than imply a verification happened.
         print("clin-jepa evaluate: warning: checkpoint signatures are NOT verified (no --public-key)",
@@ -67,8 +71,14 @@ def run(args: argparse.Namespace) -> int:
                             baselines=not args.no_baselines, gru_seeds=tuple(args.gru_seeds),
                             gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed),
                             ground_truth=args.ground_truth)
-    metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
-                       progress=not args.quiet)
+    with contextlib.ExitStack() as stack:
+        if args.public_key:
+            from clin_jepa.checkpoint import verified_loads
+            from clin_jepa.security.checkpoints import checkpoint_verifier
+
+            stack.enter_context(verified_loads(checkpoint_verifier(args.public_key)))
+        metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
+                           progress=not args.quiet)
     print(f"wrote {args.out}/metrics.json, report.md and plots")
     for label, m in metrics["models"].items():
         d, g, p = m["drift"], m["geometry"], m.get("paired")

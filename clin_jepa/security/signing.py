@@ -1,11 +1,13 @@
 """Detached signatures for checkpoint files, made with the coordinator's ECDSA P-256 key.
 
-``sign_file(ckpt, key)`` writes ``ckpt.sig`` next to the file: a small JSON document holding the
-ECDSA-P256/SHA-256 signature (base64, DER) over the file's bytes, the file's SHA-256 and the signing
-key's id. ``verify_file(ckpt, pub)`` checks it and raises :class:`CheckpointError` for a missing,
-unsigned, tampered, or foreign-key-signed file. The file is hashed in chunks (checkpoints of the
-``base`` preset are hundreds of MB) and the digest signed as a prehash, which is the same signature
-as ECDSA-with-SHA-256 over the whole byte string.
+``sign_file(ckpt, key, context)`` writes ``ckpt.sig`` next to the file: a small JSON document holding the
+ECDSA-P256/SHA-256 signature (base64, DER) over the file's bytes *and* a context (the ServerApp binds
+run id, round and role: ``round`` for ``round_XXXX.pt``, ``latest`` for ``ckpt.pt``), the file's SHA-256
+and the signing key's id. ``clin_jepa.security.checkpoints`` turns the context into refusals of
+rollbacks and of another run's checkpoint. ``verify_file(ckpt, pub)`` checks it and raises
+:class:`CheckpointError` for a missing, unsigned, tampered, or foreign-key-signed file. The file is
+hashed in chunks (checkpoints of the ``base`` preset are hundreds of MB) and a SHA-256 of (context, file
+digest) is signed as a prehash.
 
 The SHA-256 in the ``.sig`` is informative only (it lets the error say *that* the bytes changed);
 trust comes from the signature alone.
@@ -18,6 +20,7 @@ import binascii
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,6 +30,7 @@ from clin_jepa.errors import CheckpointError
 from clin_jepa.io import atomic_write_text
 
 ALGORITHM = "ecdsa-p256-sha256"
+SIGNED_PREFIX = b"clin-jepa signed file v2\n"
 SIG_SUFFIX = ".sig"
 _CHUNK = 1 << 20
 
@@ -102,21 +106,31 @@ def load_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def sign_file(path: str | Path, private_key_path: str | Path) -> Path:
+def _signed_digest(file_digest: bytes, context: dict[str, Any]) -> bytes:
+    """What the signature covers: the file's SHA-256 *and* its context (run, round, role), so a signed
+    file cannot be replayed under another name, round or run."""
+    blob = json.dumps(context, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(SIGNED_PREFIX + blob + b"\n" + file_digest).digest()
+
+
+def sign_file(path: str | Path, private_key_path: str | Path, context: dict[str, Any] | None = None) -> Path:
     """Sign ``path`` with the PEM key at ``private_key_path``; write and return ``<path>.sig``.
 
-    Call it after the checkpoint has been written completely (after the atomic rename): the
+    ``context`` (JSON values: e.g. ``{"run": id, "round": 3, "role": "latest"}``) is bound into the
+    signature. Call it after the checkpoint has been written completely (after the atomic rename): the
     signature covers exactly the bytes on disk at that moment.
     """
     path = Path(path)
     key = load_private_key(private_key_path)
     digest = _file_sha256(path)
-    signature = key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    context = dict(context or {})
+    signature = key.sign(_signed_digest(digest, context), ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     doc = {
         "algorithm": ALGORITHM,
         "file": path.name,
         "sha256": digest.hex(),
         "key_id": key_id(key.public_key()),
+        "context": context,
         "signature": base64.b64encode(signature).decode("ascii"),
     }
     return atomic_write_text(signature_path(path), json.dumps(doc, indent=1) + "\n")
@@ -139,18 +153,22 @@ def _read_signature(path: Path) -> dict[str, str]:
         raise CheckpointError(f"signature file {sig_path} is malformed ({exc}); refusing {path}.") from exc
 
 
-def verify_file(path: str | Path, public_key_path: str | Path) -> None:
-    """Return silently iff ``<path>.sig`` is a valid signature of ``path``'s bytes by that key.
+def verify_file(path: str | Path, public_key_path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """The signed context iff ``<path>.sig`` is a valid signature by that key of ``data`` (the bytes the
+    caller is about to load; default: the file as it is now) and the context stored with it.
 
     Raises CheckpointError (one paragraph, naming the file) when the checkpoint or its signature is
-    missing, the signature is malformed, was made by another key, or the bytes changed since signing.
+    missing, the signature is malformed, was made by another key, or the bytes or context changed.
     """
     path = Path(path)
     public_key = load_public_key(public_key_path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
+    if data is None and not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file.")
     doc = _read_signature(path)
-    digest = _file_sha256(path)
+    digest = _file_sha256(path) if data is None else hashlib.sha256(data).digest()
+    context = doc.get("context", {})
+    if not isinstance(context, dict):
+        raise CheckpointError(f"signature file of {path} has a malformed context; refusing it.")
     expected_id = key_id(public_key)
     if doc.get("key_id") != expected_id:
         raise CheckpointError(
@@ -158,7 +176,8 @@ def verify_file(path: str | Path, public_key_path: str | Path) -> None:
             f"{expected_id} in {public_key_path}; refusing to load it."
         )
     try:
-        public_key.verify(doc["signature_bytes"], digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        public_key.verify(doc["signature_bytes"], _signed_digest(digest, context),
+                          ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     except InvalidSignature as exc:
         changed = doc.get("sha256") != digest.hex()
         why = "its bytes changed after it was signed" if changed else "the signature does not match"
@@ -166,3 +185,4 @@ def verify_file(path: str | Path, public_key_path: str | Path) -> None:
             f"checkpoint {path} failed signature verification ({why}): it may have been tampered with "
             "or partially written. Refusing to load it."
         ) from exc
+    return context
