@@ -24,7 +24,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.policy import refuse_outside_limits
-from client.privacy import budget_exhausted_reply, central_dp_metrics, clip_if_asked, pin_privacy_settings
+from client.privacy import (
+    budget_exhausted_reply,
+    central_dp_metrics,
+    clip_if_asked,
+    pin_privacy_settings,
+    site_dp,
+)
 from client.site import ServerSchedule, Site, get_site, site_config_path
 from clin_jepa.curriculum import Phase
 from clin_jepa.data.stats import Discretization
@@ -51,7 +57,8 @@ def statistics(msg: Message, context: Context) -> Message:
     info = ConfigRecord({"site": site.name})
     if what == "identify":
         return Message(RecordDict({"site": info}), reply_to=msg)
-    stats = site.statistics()
+    # Cells and concept counts behind fewer than the hospital's min-patients patients stay at the site.
+    stats = site.statistics().suppressed(min_patients_from(context.node_config))
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.to_arrays().items()})
     return Message(RecordDict({"statistics": arrays, "metrics": MetricRecord({"num-examples": stats.n_stays}),
                               "site": info}), reply_to=msg)
@@ -88,7 +95,8 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"site {site.name}: trained keys differ from the keys the server sent")
     reply = _inject_fault(fed, site.name, rnd, "after", reply) or reply
     reply = encode_reply(reply, sent, fed.transport_dtype)
-    metrics["client-time-s"] = time.perf_counter() - t0
+    if site_dp(site.cfg, fed) is None:  # under DP the round's duration would reveal the Poisson batch sizes
+        metrics["client-time-s"] = time.perf_counter() - t0
     # No aggregate over fewer than the hospital's min-patients leaves the site (node config).
     n_patients = len(np.unique(site.train_tensors(disc, fed.hours).subject_id))
     metrics = suppress_small_aggregates(metrics, n_patients, min_patients)

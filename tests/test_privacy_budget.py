@@ -173,6 +173,7 @@ def test_client_refuses_hostile_run_ids_and_changed_privacy_settings(one_site, t
 
     reply = train(1, _context(one_site, run_config, **{"min-patients": 5}))
     assert not reply.has_error() and reply.content["metrics"]["dp-epsilon"] > 0
+    assert "client-time-s" not in reply.content["metrics"]  # its duration would reveal the Poisson batches
     with pytest.raises(ConfigError, match="min-patients changed"):
         train(2, _context(one_site, run_config, **{"min-patients": 4}))
     looser = {**run_config, "dp-sample-epsilon": 50.0}

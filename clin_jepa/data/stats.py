@@ -33,12 +33,17 @@ class SiteStatistics:
     counts: np.ndarray
     n_subjects: int = 0
     n_stays: int = 0
+    # Distinct patients behind each histogram cell and each concept count: kept at the site to decide
+    # what may leave (:meth:`suppressed`), never transported. None when not computed.
+    cell_patients: np.ndarray | None = None
+    concept_patients: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> SiteStatistics:
         table = load_concepts()
-        return cls(np.zeros((len(table.measurements), HIST_CELLS), np.int64),
-                   np.zeros(len(table.names), np.int64))
+        hist, counts = np.zeros((len(table.measurements), HIST_CELLS), np.int64), np.zeros(len(table.names),
+                                                                                          np.int64)
+        return cls(hist, counts, cell_patients=np.zeros_like(hist), concept_patients=np.zeros_like(counts))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for transport (e.g. a Flower ArrayRecord)."""
@@ -66,11 +71,18 @@ class SiteStatistics:
         return cls(hist, counts, n_subjects, n_stays)
 
     def __add__(self, other: SiteStatistics) -> SiteStatistics:
-        return SiteStatistics(self.hist + other.hist, self.counts + other.counts,
-                              self.n_subjects + other.n_subjects, self.n_stays + other.n_stays)
+        def both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None or b is None else a + b
 
-    def add_values(self, concept: np.ndarray, value: np.ndarray) -> None:
-        """Count canonical values of measurement concepts (indices into the canonical order) in place."""
+        return SiteStatistics(self.hist + other.hist, self.counts + other.counts,
+                              self.n_subjects + other.n_subjects, self.n_stays + other.n_stays,
+                              both(self.cell_patients, other.cell_patients),
+                              both(self.concept_patients, other.concept_patients))
+
+    def add_values(self, concept: np.ndarray, value: np.ndarray, subject: np.ndarray | None = None) -> None:
+        """Count canonical values of measurement concepts (indices into the canonical order) in place;
+        with ``subject`` (one id per value, every value of a subject in this call) also the distinct
+        patients per cell and per concept."""
         table = load_concepts()
         m = len(table.measurements)
         self.counts += np.bincount(concept[concept >= 0], minlength=len(table.names)).astype(np.int64)
@@ -80,6 +92,32 @@ class SiteStatistics:
         hi = np.array([x.hi for x in table.measurements])[c]
         cell = np.clip(np.floor((v - lo) / (hi - lo) * HIST_CELLS), 0, HIST_CELLS - 1).astype(np.int64)
         self.hist += np.bincount(c * HIST_CELLS + cell, minlength=m * HIST_CELLS).reshape(m, HIST_CELLS)
+        if subject is not None:
+            if self.cell_patients is None or self.concept_patients is None:
+                raise ClinJepaError("site statistics: patients per cell are kept only from empty() on")
+            self.cell_patients += _distinct_per(subject[ok], c * HIST_CELLS + cell, m * HIST_CELLS).reshape(
+                m, HIST_CELLS)
+            known = concept >= 0
+            self.concept_patients += _distinct_per(subject[known], concept[known].astype(np.int64),
+                                                   len(table.names))
+
+    def suppressed(self, min_patients: int) -> SiteStatistics:
+        """What may leave the site: every histogram cell and concept count behind fewer than
+        ``min_patients`` distinct patients set to 0 (counted in patients, not events); nothing at all when
+        the site has fewer patients. Edges computed from the merged result are shared by every site."""
+        if self.cell_patients is None or self.concept_patients is None:
+            raise ClinJepaError("site statistics: patients per cell were not computed; cannot suppress")
+        if self.n_subjects < min_patients:
+            return SiteStatistics(np.zeros_like(self.hist), np.zeros_like(self.counts))
+        return SiteStatistics(np.where(self.cell_patients >= min_patients, self.hist, 0),
+                              np.where(self.concept_patients >= min_patients, self.counts, 0),
+                              self.n_subjects, self.n_stays)
+
+
+def _distinct_per(subject: np.ndarray, key: np.ndarray, size: int) -> np.ndarray:
+    """Number of distinct subjects per key value (0..size-1)."""
+    pairs = np.unique(np.stack([key, subject.astype(np.int64)]), axis=1)
+    return np.bincount(pairs[0], minlength=size).astype(np.int64)
 
 
 def merge_statistics(stats: list[SiteStatistics]) -> SiteStatistics:
@@ -108,7 +146,7 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
         in_train = np.isin(shard.subject[run], train_ids)
         timed = shard.time != NAT
         train = np.flatnonzero(np.repeat(in_train, np.diff(np.r_[run, len(shard)])) & timed)
-        out.add_values(h.concept[train], h.value[train])
+        out.add_values(h.concept[train], h.value[train], shard.subject[train])
         timed_run = np.add.reduceat(timed, run) > 0 if len(run) else np.zeros(0, bool)
         out.n_subjects += len(np.unique(shard.subject[run][in_train & timed_run]))
         stays = find_stays(h)
