@@ -223,8 +223,9 @@ def _(w, s, c):
 @case("evaluate-zip-bomb-checkpoint")
 def _(w, s, c):
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("archive/data.pkl", b"\0" * (1 << 30))
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z, z.open("archive/data.pkl", "w") as member:
+        for _ in range(64):  # 1 GiB of zeros, ~1 MB compressed, written without holding it in memory
+            member.write(bytes(16 << 20))
     import hashlib
 
     data = buf.getvalue()

@@ -7,7 +7,6 @@ and — in the slow subprocess run that also prints the table for the closing no
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,9 @@ from hostile_cases import CASES, SLOW_REGEX_CASES, regex_site
 
 from clin_jepa.cli import main as cli
 
+_WRAPPER = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[2:]).returncode; "
+            "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+            "sys.exit(code)")
 TIME_LIMIT_S = 60.0  # generous for a loaded 2-core machine; a hang or a 2^40 backtrack never finishes
 RSS_LIMIT_MB = 1500  # torch + pandas + pyarrow import alone is ~500 MB
 
@@ -93,13 +95,12 @@ def test_hostile_input_table_in_fresh_processes(base, tmp_path):
         argv = _prepare(name, base, work)
         before = _tree(work)
         start = time.perf_counter()
-        proc = subprocess.Popen([str(exe), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        err = proc.stderr.read()
-        proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        took, rss = time.perf_counter() - start, usage.ru_maxrss / 1024
-        rows.append((name, proc.returncode, took, rss, _one_paragraph(err), _tree(work) == before))
+        # A forked child's ru_maxrss starts at its parent's RSS (this pytest process: GBs), so the command
+        # runs under a small wrapper process whose children's peak is the command's own.
+        proc = subprocess.run([sys.executable, "-c", _WRAPPER, str(tmp_path / "rss"), str(exe), *argv],
+                              capture_output=True, text=True)
+        took, rss = time.perf_counter() - start, int((tmp_path / "rss").read_text()) / 1024
+        rows.append((name, proc.returncode, took, rss, _one_paragraph(proc.stderr), _tree(work) == before))
     print("\n| case | exit | time s | peak RSS MB | one paragraph | nothing written |")
     print("|---|---|---|---|---|---|")
     for name, code, took, rss, para, clean in rows:
