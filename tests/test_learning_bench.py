@@ -100,4 +100,7 @@ def test_learning_benchmark_end_to_end_at_toy_size(tmp_path):
     assert "PASS" in first.stdout or "FAIL" in first.stdout
     assert "load " in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert again.returncode == 0 and "trained " not in again.stdout and "reuse" in again.stdout
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = again.stdout.splitlines()
+    assert not [x for x in lines if x.startswith("trained ")]
+    assert sum(x.startswith("reuse ") for x in lines) == len(out["runs"])
