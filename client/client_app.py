@@ -37,7 +37,7 @@ from clin_jepa.data.stats import Discretization
 from clin_jepa.federation import FederationConfig, encode_reply, split_groups, unpack_arrays
 from clin_jepa.models import ModelConfig
 from clin_jepa.privacy import BudgetExhausted, check_run_id
-from clin_jepa.security.disclosure import min_patients_from, suppress_small_aggregates
+from clin_jepa.security.disclosure import min_patients_from, round_patients, suppress_by_metric
 
 app = ClientApp(mods=[refuse_outside_limits])
 
@@ -98,8 +98,9 @@ def train(msg: Message, context: Context) -> Message:
     if site_dp(site.cfg, fed) is None:  # under DP the round's duration would reveal the Poisson batch sizes
         metrics["client-time-s"] = time.perf_counter() - t0
     # No aggregate over fewer than the hospital's min-patients leaves the site (node config).
-    n_patients = len(np.unique(site.train_tensors(disc, fed.hours).subject_id))
-    metrics = suppress_small_aggregates(metrics, n_patients, min_patients)
+    subjects = site.train_tensors(disc, fed.hours).subject_id
+    behind = round_patients(subjects, fed.batch_size or site.cfg.batch_size, fed.seed, step0, n_steps)
+    metrics = suppress_by_metric(metrics, len(np.unique(subjects)), *behind, min_patients)
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(reply[k])) for k in sent})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 

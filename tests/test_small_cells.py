@@ -62,3 +62,16 @@ def test_statistics_reply_carries_no_cell_of_a_single_patient(tmp_path):
     disc = quantile_edges(safe, 10)  # every site gets these same edges from the server
     assert all(np.all(np.diff(e) > 0) for e in disc.edges.values())
     assert safe.hist.shape[1] == HIST_CELLS
+
+
+def test_each_metric_needs_its_own_patients():
+    from clin_jepa.security.disclosure import round_patients, suppress_by_metric
+
+    subjects = np.array([7, 7, 7, 7, 8, 8, 9, 9])  # 8 stays of 3 patients
+    whole, last = round_patients(subjects, batch_size=4, seed=0, step0=0, n_steps=5)
+    assert whole == 3 and last <= 3  # patients, not stays: 8 stays never count as 8
+    metrics = {"num-examples": 20, "loss": 0.5, "monitor-eff_rank": 3.0, "lr": 1e-3, "train-rows": 8}
+    kept = suppress_by_metric(metrics, 3, round_n=3, last_batch_n=2, min_patients=3)
+    assert kept == {"num-examples": 20, "loss": 0.5, "lr": 1e-3, "train-rows": 8}  # the last batch: 2 < 3
+    assert set(suppress_by_metric(metrics, 3, 2, 2, 3)) == {"num-examples", "lr", "train-rows"}
+    assert set(suppress_by_metric(metrics, 2, 3, 3, 3)) == {"num-examples"}  # the whole split is too small
