@@ -33,6 +33,7 @@ def test_the_eight_packaged_tasks() -> None:
     assert (hypo.concept, hypo.op, hypo.value) == ("sodium", "<", 135)
     assert by["in_icu_mortality"].kind == "death" and by["in_icu_mortality"].window == (24.0, None)
     assert all(s.window == (24.0, 48.0) for s in specs if s.kind == "threshold")
+    assert all(s.exclude_if_abnormal_before == (s.kind == "threshold") for s in specs)  # incident tasks
 
 
 def test_labels_of_the_handmade_cohort(handmade_site) -> None:
@@ -41,8 +42,8 @@ def test_labels_of_the_handmade_cohort(handmade_site) -> None:
         0: [NAN, NAN, NAN, NAN, 0, NAN, NAN, NAN],  # platelets 90 at 1 h is context, not the window
         1: [NAN, 1, NAN, NAN, 0, NAN, NAN, NAN],  # hemoglobin 7.0 g/dL at 30 h
         2: [1, NAN, 0, NAN, 0, NAN, NAN, NAN],  # creatinine 2.0 at 25 h, sodium 140 at 30 h
-        3: [NAN, NAN, NAN, 1, 1, NAN, NAN, NAN],  # MAP 55 at 26 h, dies at 30 h in the ICU
-        4: [NAN, NAN, NAN, NAN, 0, 1, NAN, NAN],  # WBC 13 at 30 h (15 at 3 h is context)
+        3: [NAN, NAN, NAN, NAN, 1, NAN, NAN, NAN],  # MAP 55 at 26 h but 60 at 1 h: not new; dies at 30 h
+        4: [NAN, NAN, NAN, NAN, 0, NAN, NAN, NAN],  # WBC 13 at 30 h, but already 15 at 3 h: not new
     }
     assert subjects.tolist() == [5, 5, 1, 2, 4]
     for row, want in expected.items():
@@ -68,6 +69,39 @@ def test_threshold_label_edges(make_site, events, task, want) -> None:
     cfg = make_site(icu_patient(1, "2021-01-01", 40, events))
     _, labels = _labels(cfg)
     np.testing.assert_array_equal(labels[0, TASKS.index(task)], np.float32(want))
+
+
+@pytest.mark.parametrize(("events", "want"), [
+    ([(3, "sodium", 130.0), (30, "sodium", 131.0)], NAN),  # already low at prediction time: not incident
+    ([(3, "sodium", 130.0), (20, "sodium", 139.0), (30, "sodium", 131.0)], 1.0),  # corrected, then new
+    ([(3, "sodium", 139.0), (20, "sodium", 132.0), (30, "sodium", 140.0)], NAN),  # the LAST value decides
+    ([(3, "sodium", 139.0), (30, "sodium", 131.0)], 1.0),  # normal before, low after: a new hyponatremia
+    ([(3, "sodium", 139.0), (30, "sodium", 137.0)], 0.0),
+    ([(3, "sodium", 135.0), (30, "sodium", 130.0)], 1.0),  # exactly the threshold does not cross
+    ([(24, "sodium", 130.0), (30, "sodium", 131.0)], NAN),  # 24 h is prediction time: still "before"
+    ([(3, "potassium", 3.0), (30, "sodium", 130.0)], 1.0),  # no sodium before: the label stands
+    ([(3, "sodium", 130.0)], NAN),
+])
+def test_incident_threshold_tasks_leave_out_stays_already_abnormal(make_site, events, want) -> None:
+    cfg = make_site(icu_patient(1, "2021-01-01", 40, events))
+    _, labels = _labels(cfg)
+    np.testing.assert_array_equal(labels[0, TASKS.index("hyponatremia")], np.float32(want))
+
+
+def test_exclusion_is_per_stay_and_per_task(tmp_path: Path, make_site) -> None:
+    """Two stays in one shard (one already abnormal, one not) and the same task with the option off."""
+    base = {"name": "low_na", "kind": "threshold", "concept": "sodium", "op": "<", "value": 135,
+            "window": [24, 48]}
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.yaml").write_text(yaml.safe_dump(base | {"exclude_if_abnormal_before": True}))
+    (tmp_path / "t" / "b.yaml").write_text(yaml.safe_dump(base | {"name": "low_na_any"}))
+    tasks = load_tasks(tmp_path / "t")
+    assert [t.exclude_if_abnormal_before for t in tasks] == [True, False]
+    cfg = make_site(icu_patient(1, "2021-01-01", 40, [(5, "sodium", 128.0), (30, "sodium", 130.0)])
+                    + icu_patient(2, "2021-01-01", 40, [(5, "sodium", 140.0), (30, "sodium", 130.0)]))
+    subjects, labels = _labels(cfg, tasks)
+    assert subjects.tolist() == [1, 2]
+    np.testing.assert_array_equal(labels, np.array([[NAN, 1.0], [1.0, 1.0]], np.float32))
 
 
 @pytest.mark.parametrize(("stay_h", "death_h", "rows", "dead"), [
@@ -110,6 +144,10 @@ def test_tasks_are_declared_not_hard_coded(tmp_path: Path, make_site) -> None:
     ({"name": "x", "kind": "threshold", "concept": "sodium", "op": "<", "value": 1, "window": [24, None]},
      "an open end (null) is only allowed for kind death"),
     ({"name": "x", "kind": "death", "window": [24, None], "horizon": 3}, "unknown key(s) ['horizon']"),
+    ({"name": "x", "kind": "threshold", "concept": "sodium", "op": "<", "value": 1, "window": [24, 48],
+      "exclude_if_abnormal_before": "yes"}, "exclude_if_abnormal_before: expected true or false"),
+    ({"name": "x", "kind": "death", "window": [24, None], "exclude_if_abnormal_before": True},
+     "exclude_if_abnormal_before: only allowed for kind threshold"),
 ])
 def test_invalid_task_files_name_the_key_and_allowed_values(tmp_path: Path, raw, message) -> None:
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))

@@ -6,6 +6,10 @@ after the stay start (``to_h`` may be null for death: until the stay ends) and, 
 Labels: death -> 1 if the subject dies in the stay within the window, else 0. Threshold -> 1 if any
 value in the window crosses, 0 if measured without crossing, NaN if not measured. Windows are
 left-open, right-closed: (from_h, to_h].
+A threshold task may set ``exclude_if_abnormal_before: true`` (default false) to ask about a *new*
+abnormality, as incident-event tasks do (AKI prediction leaves out stays already in AKI): the label is
+NaN for a stay whose last value of the concept in [0, from_h] already crosses the threshold; a stay with
+no value before the window keeps its label.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class TaskSpec:
     concept: str | None = None
     op: str | None = None
     value: float | None = None
+    exclude_if_abnormal_before: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +53,7 @@ def parse_task(raw: object, source: str) -> TaskSpec:
     """Check one task mapping; every bad value is a ConfigError naming the key and the allowed values."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with name, kind, window")
-    allowed = {"name", "kind", "window", "concept", "op", "value"}
+    allowed = {"name", "kind", "window", "concept", "op", "value", "exclude_if_abnormal_before"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -66,8 +71,13 @@ def parse_task(raw: object, source: str) -> TaskSpec:
     if window[1] is None and kind != "death":
         raise ConfigError(f"{source}: window: an open end (null) is only allowed for kind death")
     win = (float(window[0]), None if window[1] is None else float(window[1]))
+    exclude = raw.get("exclude_if_abnormal_before", False)
     if kind == "death":
+        if "exclude_if_abnormal_before" in raw:
+            raise ConfigError(f"{source}: exclude_if_abnormal_before: only allowed for kind threshold")
         return TaskSpec(name, kind, win)
+    if not isinstance(exclude, bool):
+        raise ConfigError(f"{source}: exclude_if_abnormal_before: expected true or false, got {exclude!r}")
     measurements = load_concepts().measurement_names
     concept, op, value = raw.get("concept"), raw.get("op"), raw.get("value")
     if concept not in measurements:
@@ -77,7 +87,7 @@ def parse_task(raw: object, source: str) -> TaskSpec:
         raise ConfigError(f"{source}: op: {op!r} is not one of {list(OPS)}")
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ConfigError(f"{source}: value: expected a number in the canonical unit, got {value!r}")
-    return TaskSpec(name, kind, win, concept, op, float(value))
+    return TaskSpec(name, kind, win, concept, op, float(value), exclude)
 
 
 def load_tasks(directory: str | Path | None = None, names: list[str] | None = None) -> tuple[TaskSpec, ...]:
@@ -108,12 +118,12 @@ def compute_labels(specs: tuple[TaskSpec, ...], stays: Stays, events: StayEvents
     out = np.full((n, len(specs)), np.nan, dtype=np.float32)
     index = {name: i for i, name in enumerate(load_concepts().names)}
     thresholds = [s for s in specs if s.kind == "threshold"]
-    if thresholds:  # narrow to the union of the windows, then group by concept (one stable radix sort)
-        lo_all = min(s.window[0] for s in thresholds) * HOUR_US
+    if thresholds:  # narrow to the union of the windows (and what precedes them), group by concept
+        lo_all = min(-1.0 if s.exclude_if_abnormal_before else s.window[0] for s in thresholds) * HOUR_US
         hi_all = max(s.window[1] for s in thresholds) * HOUR_US  # type: ignore[type-var]
         near = np.flatnonzero((events.offset > lo_all) & (events.offset <= hi_all)
                               & np.isfinite(events.value))
-        near = near[np.argsort(events.concept[near], kind="stable")]
+        near = near[np.lexsort((events.offset[near], events.concept[near]))]  # by concept, then time
         concept = events.concept[near]
         bounds = np.searchsorted(concept, np.arange(len(index) + 1))
     for j, spec in enumerate(specs):
@@ -132,5 +142,11 @@ def compute_labels(specs: tuple[TaskSpec, ...], stays: Stays, events: StayEvents
         crosses = value < spec.value if spec.op == "<" else value > spec.value
         measured = np.bincount(stay[inside], minlength=n) > 0
         crossed = np.bincount(stay[inside & crosses], minlength=n) > 0
-        out[:, j] = np.where(measured, crossed.astype(np.float32), np.nan)
+        label = np.where(measured, crossed.astype(np.float32), np.nan)
+        if spec.exclude_if_abnormal_before:  # rows are in time order: later writes win, the last one stays
+            before = offset <= lo
+            last_crosses = np.zeros(n, bool)
+            last_crosses[stay[before]] = crosses[before]
+            label[last_crosses] = np.nan
+        out[:, j] = label
     return out
