@@ -213,3 +213,21 @@ def test_refuses_ground_truth_that_is_not_there(world, tmp_path, capsys):
     (bare.root / "ground_truth.parquet").unlink()
     _refused([good, "--sites", str(bare.config), "--ground-truth"], capsys, tmp_path / "out",
              "no ground-truth file")
+
+
+def test_set_overrides_reach_the_model_loss_and_curriculum(world, tmp_path, capsys):
+    from clin_jepa.checkpoint import load_checkpoint
+
+    _, sites, _ = world
+    assert main(["train", "--sites", *sites, "--out", str(tmp_path / "v"), "--steps", "0", "--preset", "tiny",
+                 "--set", "model.obs_horizons=0", "--set", "model.horizons=[4]", "--set", "loss.obs_weight=0",
+                 "--set", "loss.jepa_to_encoder=false", "--set", "curriculum.lr=0.002", "--no-progress"]) == 0
+    ck = load_checkpoint(tmp_path / "v" / "ckpt.pt")
+    model = ck.build_model()
+    assert model.cfg.obs_horizons == 0 and model.predictor.obs_head is None and model.cfg.horizons == (4,)
+    assert ck.extra["trainer"]["loss"]["obs_weight"] == 0 and not ck.extra["trainer"]["loss"]["jepa_to_encoder"]
+    assert ck.curriculum["lr"] == 0.002
+    for bad in ("loss.nope=1", "obs_weight=0", "model.horizons=[1]"):
+        assert main(["train", "--sites", *sites, "--out", str(tmp_path / "w"), "--steps", "0", "--preset",
+                     "tiny", "--set", bad, "--no-progress"]) == 2, bad
+        assert not (tmp_path / "w").exists()

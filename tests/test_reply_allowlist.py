@@ -32,7 +32,9 @@ TRAIN_RECORDS = {"arrays": ArrayRecord, "metrics": MetricRecord}
 # Aggregates over the site's whole local training run (means over steps and batches), never per patient.
 TRAIN_METRICS = {
     "num-examples", "train-rows", "client-time-s", "loss", "collapse", "lr", "momentum", "phase_index",
+    "loss_ahead", "loss_obs",  # batch means of the look-ahead and observation-forecast terms
     "monitor-drift", "monitor-eff_rank", "monitor-emb_std_mean", "monitor-emb_std_min",
+    "monitor-hour_share",  # between-hour R² of the last batch's latents (a scalar, like the other monitors)
 }
 TRAIN_METRIC_PATTERNS = (re.compile(r"loss_step\d+"),)  # one rollout-loss mean per predicted step
 
@@ -115,8 +117,10 @@ def test_every_reply_carries_only_allowlisted_arrays_and_metrics(site):
     strict = Context(run_id=1, node_id=NODE, node_config={"site-config": str(site), "min-patients": 10**6},
                      state=RecordDict(), run_config=run_config)
     plan = plan_round(1, cfg)
+    config = strategy.round_config(1)
+    config["run-id"] = "strict-run"  # min-patients is pinned per run: a stricter threshold is another run
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state.flat(plan.upload).items()}),
-                          "config": strategy.round_config(1)})
+                          "config": config})
     reply = app(_message(content, "train", 1), strict)
     _check_records(reply, TRAIN_RECORDS, "suppressed reply")
     assert set(reply.content["metrics"]) == {"num-examples"}

@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ConfigError("--out DIR is required (or --resume DIR to continue a run)")
         first = load_site_config(args.sites[0])
+        sets = parse_overrides(args.overrides)
         # `x if given else default`, never `x or default`: an explicit 0 must reach the checks, not vanish
         given = lambda value, default: default if value is None else value  # noqa: E731
         tcfg = TrainerConfig(
@@ -92,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
             batch_size=given(args.batch_size, first.batch_size), seed=given(args.seed, 0),
             log_every=given(args.log_every, 25), ckpt_every=given(args.ckpt_every, 0),
             hours=given(args.hours, 72), device=given(args.device, first.device), compile=args.compile,
-            loss=LossConfig(rollout_steps=given(args.rollout_steps, 2)))
-        ccfg = CurriculumConfig(mode=args.mode or "curriculum")
+            loss=LossConfig.from_dict({"rollout_steps": given(args.rollout_steps, 2), **sets["loss"]}),
+            model=sets["model"])
+        ccfg = CurriculumConfig.from_dict({**CurriculumConfig().to_dict(), "mode": args.mode or "curriculum",
+                                           **sets["curriculum"]})
         if args.lr is not None:
             ccfg = dataclasses.replace(ccfg, lr=args.lr, min_lr=min(ccfg.min_lr, args.lr))
         record = train_centralized(args.sites, args.out, tcfg, ccfg, progress=not args.no_progress)
