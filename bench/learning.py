@@ -3,8 +3,8 @@
     nice -n 10 .venv/bin/python bench/learning.py --out runs/learning
         [--sites 3] [--patients 1000] [--seeds 0 1 2] [--steps 600] [--preset tiny] [--batch-size 32]
         [--models curriculum naive federated untrained local] [--no-federated] [--no-local]
-        [--local-seeds 1] [--train-args "--set loss.obs_weight=0"] [--variant NAME="ARGS" ...]
-        [--run-config "key=value ..."] [--jobs 2]
+        [--local-seeds 1] [--federated-seeds 0] [--train-args "--set loss.obs_weight=0"]
+        [--variant NAME="ARGS" ...] [--run-config "key=value ..."] [--jobs 2]
 
 1. ``clin-jepa synth``: ``--sites`` hospitals × ``--patients`` (reused when OUT/data already holds them).
 2. Per seed S (``--seeds``), ``clin-jepa train`` with one budget (steps × batch, preset): ``curriculum@S``
@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-federated", action="store_true")
     p.add_argument("--local-seeds", type=int, default=1,
                    help="local-only runs for the first N seeds (budget: 3 sites x seeds runs)")
+    p.add_argument("--federated-seeds", type=int, default=0,
+                   help="federated runs for the first N seeds only (0 = every seed)")
     p.add_argument("--train-args", default="", help="extra `clin-jepa train` flags for every run")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                    help="extra model NAME: curriculum with these train flags (repeatable)")
@@ -102,7 +104,7 @@ def federated(args: argparse.Namespace, configs: list[Path]) -> dict[str, Path]:
     return {f"federated@{s}": run_federated(args.out / "runs" / f"federated@{s}", configs, args.steps,
                                             args.local_steps, args.preset, s, args.batch_size,
                                             args.out / "logs", args.federated_timeout, extra)
-            for s in args.seeds}
+            for s in args.seeds[: args.federated_seeds or len(args.seeds)]}
 
 
 def baseline_task_max(merged: dict) -> float | None:
