@@ -57,8 +57,9 @@ def test_flop_counter_agrees_with_the_closed_form(name, step):
     assert analytic_step_flops(cfg, 4, 24, True) > analytic_step_flops(cfg, 4, 24, False)
     with_attn = analytic_step_flops(cfg, 4, 24, phase.trains_encoder)
     n_enc = 2 if not phase.trains_encoder else 4
+    pred_passes = 2 + len(cfg.horizons)  # rollout steps + one per look-ahead horizon
     assert with_attn - closed == 4 * 4 * 24 * 24 * (n_enc * cfg.enc_layers * cfg.d_enc
-                                                    + 3 * (2 + len(cfg.horizons)) * cfg.pred_layers * cfg.d_pred)
+                                                    + 3 * pred_passes * cfg.pred_layers * cfg.d_pred)
 
 
 def test_flops_scale_with_tokens_and_params():

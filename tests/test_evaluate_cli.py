@@ -225,7 +225,8 @@ def test_set_overrides_reach_the_model_loss_and_curriculum(world, tmp_path, caps
     ck = load_checkpoint(tmp_path / "v" / "ckpt.pt")
     model = ck.build_model()
     assert model.cfg.obs_horizons == 0 and model.predictor.obs_head is None and model.cfg.horizons == (4,)
-    assert ck.extra["trainer"]["loss"]["obs_weight"] == 0 and not ck.extra["trainer"]["loss"]["jepa_to_encoder"]
+    loss = ck.extra["trainer"]["loss"]
+    assert loss["obs_weight"] == 0 and not loss["jepa_to_encoder"]
     assert ck.curriculum["lr"] == 0.002
     for bad in ("loss.nope=1", "obs_weight=0", "model.horizons=[1]"):
         assert main(["train", "--sites", *sites, "--out", str(tmp_path / "w"), "--steps", "0", "--preset",
