@@ -93,11 +93,13 @@ class PreparedSites:
 
 
 def prepare_sites(paths: Sequence[str | Path], hours: int = 72, disc: Any = None) -> PreparedSites:
-    """Load site configs; without ``disc``, run the statistics round (per-site histograms, merged,
-    quantile edges) as the federation would; tokenize every site and pool the train splits."""
+    """Load site configs; without ``disc``, run the statistics round (per-site histograms with small
+    cells suppressed, merged, quantile edges) as the federation would; tokenize every site and pool the
+    train splits."""
     from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
     from clin_jepa.data.tasks import load_tasks
     from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
+    from clin_jepa.security.disclosure import DEFAULT_MIN_PATIENTS
 
     if not paths:
         raise ConfigError("train: give at least one site config (--sites a.yaml [b.yaml ...])")
@@ -106,7 +108,10 @@ def prepare_sites(paths: Sequence[str | Path], hours: int = 72, disc: Any = None
     if len(set(names)) != len(names):
         raise ConfigError(f"train: the same site is given twice: {names}")
     if disc is None:
-        disc = quantile_edges(merge_statistics([compute_site_statistics(c) for c in cfgs]))
+        # the same small-cell suppression a federated site applies (at the default threshold), so a
+        # pooled or local-only run shares the federation's discretization of the same data
+        stats = [compute_site_statistics(c).suppressed(DEFAULT_MIN_PATIENTS) for c in cfgs]
+        disc = quantile_edges(merge_statistics(stats))
     tasks = load_tasks()
     train = SiteTensors.concat([build_site_tensors(c, disc, tasks, hours).subset("train") for c in cfgs])
     if len(train) == 0:
