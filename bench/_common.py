@@ -208,7 +208,7 @@ def run_arguments(p: argparse.ArgumentParser, out: str, patients: int, steps: in
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one torch thread each)")
     p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--gru-epochs", type=int, default=30)
+    p.add_argument("--gru-epochs", type=int, default=60)
     p.add_argument("--federated-timeout", type=float, default=3600, help="seconds per Flower run")
     p.add_argument("--local-steps", type=int, default=10, help="per-site steps per federated round")
     p.add_argument("--no-local", action="store_true", help="skip the local-only runs")

@@ -199,7 +199,7 @@ def test_gru_baseline_learns_a_learnable_task():
     bins, treat, time, y, _ = _toy_stays()
     x = hourly_inputs(bins, treat, time, 4)
     res = gru_baseline(x[:200], y[:200], x[200:250], y[200:250], x[250:], y[250:], ["hi"], n_boot=20,
-                       settings=GRUSettings(hidden=16, epochs=25))
+                       settings=GRUSettings(hidden=16, epochs=40, dropout=0.0, lr=3e-3))
     torch.set_num_threads(threads)
     assert res.tasks[0].auroc > 0.8
 

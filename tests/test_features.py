@@ -50,4 +50,4 @@ def test_hidden_values_carry_the_previous_one_forward():
 def test_sequence_inputs_shape():
     bins = np.zeros((2, 72, 3), np.int16)
     x = sequence_inputs(bins, np.zeros((2, 72, 2), np.float32), np.zeros((2, 72, 4), np.float32), 4, 24)
-    assert x.shape == (2, 24, 3 * 5 + 3 + 3 + 2 + 3)
+    assert x.shape == (2, 24, 4 * 3 + 2 + 3)  # level, seen, measured, since per concept; treatments; time

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, PCA and GRU baseline")
     parser.add_argument("--no-baselines", action="store_true", help="skip the last-value LR and GRU")
-    parser.add_argument("--gru-epochs", type=int, default=30, help="epochs of the supervised GRU baseline")
+    parser.add_argument("--gru-epochs", type=int, default=None,
+                        help="epochs of the supervised GRU baseline (default: GRUSettings.epochs, 60)")
     parser.add_argument("--gru-seeds", type=int, nargs="+", default=[], metavar="S",
                         help="train the GRU once per init seed (reported as gru@S); default one, --seed")
     parser.add_argument("--ground-truth", action="store_true",
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from clin_jepa.evaluation.report import fmt
     from clin_jepa.evaluation.runner import EvalSettings, evaluate
 
-    if args.bootstrap < 0 or args.gru_epochs < 1:
+    if args.bootstrap < 0 or (args.gru_epochs is not None and args.gru_epochs < 1):
         raise ConfigError("--bootstrap must be >= 0 and --gru-epochs >= 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; the report needs a folder")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
     settings = EvalSettings(bootstrap=args.bootstrap, seed=args.seed, device=device,
                             baselines=not args.no_baselines, gru_seeds=tuple(args.gru_seeds),
-                            gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed),
+                            gru=GRUSettings(seed=args.seed, epochs=args.gru_epochs or GRUSettings.epochs),
                             ground_truth=args.ground_truth)
     with contextlib.ExitStack() as stack:
         if args.public_key:
