@@ -4,7 +4,9 @@ Steps, each printed as it runs:
 1. ``clin-jepa synth --out data/synthetic --sites 3`` unless the site configs' data already exists;
 2. ``flwr run . --stream`` as a simulation of one SuperNode per site config, on a private local SuperLink
    (``clin_jepa.localrun``) that is stopped afterwards; the app's run config comes from pyproject.toml;
-3. ``clin-jepa evaluate runs/federated/ckpt.pt --sites ... --out runs/federated/report``.
+3. ``clin-jepa evaluate runs/federated/ckpt.pt runs/federated/round_0000.pt --sites ... --out
+   runs/federated/report``: the federated model beside its untrained control (the global model the server
+   started from, same seed and bins), so the report says what training bought, paired.
 
 Extra arguments are passed to ``flwr run --run-config`` (e.g. ``python -m clin_jepa.demo num-rounds=4``).
 """
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] federated checkpoint: {ckpt_path} ({t_fl:.0f} s so far)", flush=True)
         report = ckpt_dir / "report"
         print(f"[demo] 3/3 evaluating on the sites' held-out stays -> {report}", flush=True)
-        code = cli(["evaluate", str(ckpt_path), "--sites", *map(str, sites), "--out", str(report),
-                    "--labels", f"federated={ckpt_path}", "--quiet"])
+        untrained = ckpt_dir / "round_0000.pt"
+        code = cli(["evaluate", str(ckpt_path), str(untrained), "--sites", *map(str, sites), "--out",
+                    str(report), "--labels", f"federated={ckpt_path}", f"untrained={untrained}", "--quiet"])
     except ClinJepaError as exc:
         print(f"[demo] error: {exc}", file=sys.stderr)
         return 2

@@ -51,9 +51,10 @@ def test_target_encoder_is_frozen_copy():
         assert p1.data_ptr() != p2.data_ptr()
 
 
-def test_encoder_and_predictor_are_causal():
+@pytest.mark.parametrize("level_input", [False, True])
+def test_encoder_and_predictor_are_causal(level_input):
     torch.manual_seed(0)
-    cfg = preset("tiny")
+    cfg = preset("tiny", level_input=level_input)
     model = ClinJEPA(cfg)
     batch = random_batch(cfg, 2, 16)
     z = model.encoder(batch)
@@ -68,6 +69,17 @@ def test_encoder_and_predictor_are_causal():
     # row t sees latents <= t and the treatments of hour t+1: rows < 10 are untouched
     torch.testing.assert_close(p2[:, :10], p[:, :10])
     assert not torch.allclose(p2[:, 10], p[:, 10])
+
+
+def test_level_input_reaches_the_latent():
+    """``model.level_input`` wires the ordinal level map into the forward pass (it gets a gradient) and is
+    off by default (no extra parameters)."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", level_input=True)
+    enc = ClinJEPA(cfg).encoder
+    enc(random_batch(cfg, 2, 8)).square().sum().backward()
+    assert enc.level.weight.grad is not None and enc.level.weight.grad.abs().sum() > 0
+    assert ClinJEPA(preset("tiny")).encoder.level is None
 
 
 def test_too_many_hours_is_a_clear_error():

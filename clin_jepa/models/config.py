@@ -20,7 +20,9 @@ class ModelConfig:
     learned horizon embedding; ``obs_horizons`` > 0 adds a head forecasting the observed value bins of
     the next ``obs_horizons`` hours from a latent. ``residual`` makes ``P`` predict ``LN(z_t) + Δ``.
     ``encoder_positions`` puts the learned hour-position table back into ``E`` (an ablation only: it lets
-    the objective be met by the clock, see docs/training.md).
+    the objective be met by the clock, see docs/training.md). ``level_input`` adds a linear map of each
+    concept's carried-forward bin as an ordinal level (bin / n_bins) beside the per-bin embedding, so
+    "higher than before" is a direction in the input space from the first step, not something to learn.
     """
 
     n_concepts: int = 16
@@ -40,6 +42,7 @@ class ModelConfig:
     horizons: tuple[int, ...] = (3, 6)
     obs_horizons: int = 6
     encoder_positions: bool = False
+    level_input: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_concepts", "n_bins", "n_time", "max_hours", "d_enc", "enc_layers", "enc_heads",

@@ -28,6 +28,7 @@ class Encoder(nn.Module):
         self.values = nn.Embedding(cfg.n_concepts * (cfg.n_bins + 1), cfg.d_enc)
         self.measured = nn.Linear(cfg.n_concepts, cfg.d_enc)
         self.since = nn.Linear(cfg.n_concepts, cfg.d_enc)
+        self.level = nn.Linear(cfg.n_concepts, cfg.d_enc) if cfg.level_input else None
         self.treat = nn.Linear(cfg.n_treatments, cfg.d_enc)
         self.time = nn.Linear(len(ENCODER_TIME_COLUMNS), cfg.d_enc)
         self.ln_in = nn.LayerNorm(cfg.d_enc)
@@ -44,5 +45,7 @@ class Encoder(nn.Module):
         locf, measured, since = carry_forward(bins)
         h = self.values(locf + self.offsets).sum(dim=-2)
         h = h + self.measured(measured) + self.since(since) + self.treat(batch["treat"])
+        if self.level is not None:
+            h = h + self.level(locf.to(h.dtype) / self.cfg.n_bins)
         h = h + self.time(batch["time"].index_select(-1, self.time_columns))
         return self.backbone(self.ln_in(h), batch["pos"])
