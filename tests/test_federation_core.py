@@ -105,7 +105,10 @@ def test_norm_outlier_rule_flags_one_absurd_update_even_among_two():
     assert norm_outliers({1: 1.0, 2: 1.2, 3: 50.0}, 10) == {
         3: "update norm 50 > 10 x median of the others (1.1)"}
     assert norm_outliers({1: 1.0, 2: 1.2, 3: 10.9}, 10) == {}  # just under 10 x 1.1
-    assert set(norm_outliers({1: 1.0, 2: 100.0}, 10)) == {2}
+    # two replies have no majority: a zero update must not get the honest one rejected alone
+    assert set(norm_outliers({1: 1.0, 2: 100.0}, 10)) == {1, 2}
+    assert set(norm_outliers({1: 0.0, 2: 1.0}, 10)) == {1, 2}
+    assert norm_outliers({1: 1.0, 2: 9.0}, 10) == {}
     assert norm_outliers({1: 1.0, 2: 5.0, 3: 2.0}, 10) == {}
     assert norm_outliers({1: 1e9}, 10) == {}
     assert update_norm({"a": np.array([3.0, 4.0])}, {"a": np.zeros(2)}) == pytest.approx(5.0)
