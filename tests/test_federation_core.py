@@ -171,6 +171,7 @@ def test_server_state_moves_target_by_phase_and_resumes(tmp_path):
     from server.state import resume_state, save_round
 
     state = _state(tmp_path, curriculum=CurriculumConfig(fractions=(0.2,) * 5))
+    state.site_patients = {"a": 40, "b": 10**12}  # the aggregation weights' basis survives a restart
     cfg = state.cfg
     assert state.target_gap() == 0.0  # Ē starts as a copy of E
     for rnd in range(1, 6):
@@ -188,7 +189,7 @@ def test_server_state_moves_target_by_phase_and_resumes(tmp_path):
             assert state.target_gap() == 0.0  # warmup: untouched; sync: copied; finalize: E frozen
         save_round(state, tmp_path, plan.global_step + 2, plan.phase, {"round": rnd}, ["a", "b"])
     back = resume_state(cfg, tmp_path)
-    assert back.round == 5 and back.run_id == state.run_id
+    assert back.round == 5 and back.run_id == state.run_id and back.site_patients == {"a": 40, "b": 10**12}
     assert back.disc.fingerprint() == state.disc.fingerprint()
     for g in state.groups:
         for k, v in state.groups[g].items():
