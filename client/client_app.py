@@ -9,6 +9,7 @@ Two handlers:
   exactly the trained groups and one MetricRecord with ``num-examples`` and the losses and monitors.
 
 A raised exception becomes a Flower error reply; the server logs it and goes on with the other sites.
+Only its type leaves the site, except for configuration errors and privacy refusals (``client.errors``).
 Before either handler runs, ``client.policy`` holds the run to this site's limits and this node's opt-in
 to test hooks, and refuses it (an error reply naming each limit) when it asks for more.
 """
@@ -23,6 +24,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.errors import InjectedFault, contain_errors
 from client.policy import refuse_outside_limits
 from client.privacy import (
     budget_exhausted_reply,
@@ -39,7 +41,7 @@ from clin_jepa.models import ModelConfig
 from clin_jepa.privacy import BudgetExhausted, check_run_id
 from clin_jepa.security.disclosure import min_patients_from, round_patients, suppress_by_metric
 
-app = ClientApp(mods=[refuse_outside_limits])
+app = ClientApp(mods=[contain_errors, refuse_outside_limits])
 
 
 def _site(context: Context) -> tuple[Site, FederationConfig]:
@@ -114,7 +116,7 @@ def _inject_fault(fed: FederationConfig, site: str, rnd: int, when: str,
     if when == "after" and metrics is not None and "claim" in kinds:
         metrics["num-examples"] = 1e12
     if when == "before" and "raise" in kinds:
-        raise RuntimeError(f"injected fault at site {site} in round {rnd}")
+        raise InjectedFault(f"injected fault at site {site} in round {rnd}")
     if when == "before" and "sleep" in kinds:
         time.sleep(fed.round_timeout + 5)
     if when == "after" and reply is not None and "nan" in kinds:
