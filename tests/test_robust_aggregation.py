@@ -119,3 +119,20 @@ def test_required_replies_and_accepted_combinations():
     assert required_replies("median", 2, 0.2) == 5 and required_replies("trimmed-mean", 2, 0.2) == 10
     FederationConfig(aggregation="median", min_sites=3, dp_sample_epsilon=4.0)  # sample-level DP: fine
     FederationConfig(aggregation="fedavg", dp_central="server-fixed")
+
+
+def test_a_node_cannot_play_a_site_its_key_was_not_registered_for():
+    from flwr.proto.node_pb2 import NodeInfo
+
+    from server.stats_round import name_mismatch, registered_names
+
+    class Listing:  # what a deployed Grid's get_nodes() returns: the SuperLink's NodeInfo records
+        def get_nodes(self):
+            return [NodeInfo(node_id=5, name="hospital_a"), NodeInfo(node_id=6, name="hospital_b"),
+                    NodeInfo(node_id=7)]  # a simulated node has no registered name
+
+    registered = registered_names(Listing())
+    assert registered == {5: "hospital_a", 6: "hospital_b"}
+    assert "registered as 'hospital_b'" in name_mismatch(6, "hospital_a", registered)
+    assert name_mismatch(5, "hospital_a", registered) is None
+    assert name_mismatch(7, "hospital_a", registered) is None  # nothing to bind to (simulation)
