@@ -100,7 +100,7 @@ def test_ema_update_keeps_copies_and_moves_between():
         ema_update(t, {"w": o["w"]}, 0.5)
 
 
-def test_norm_outlier_rule_flags_one_absurd_update_even_among_two():
+def test_norm_outlier_rule_flags_one_absurd_update_and_two_that_disagree():
     # 50 against the median of the *others* (1.0, 1.2) = 1.1: flagged, and the reason says so
     assert norm_outliers({1: 1.0, 2: 1.2, 3: 50.0}, 10) == {
         3: "update norm 50 > 10 x median of the others (1.1)"}
