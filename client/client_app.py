@@ -9,6 +9,7 @@ Two handlers:
   exactly the trained groups and one MetricRecord with ``num-examples`` and the losses and monitors.
 
 A raised exception becomes a Flower error reply; the server logs it and goes on with the other sites.
+Only its type leaves the site, except for configuration errors and privacy refusals (``client.errors``).
 Before either handler runs, ``client.policy`` holds the run to this site's limits and this node's opt-in
 to test hooks, and refuses it (an error reply naming each limit) when it asks for more.
 """
@@ -23,6 +24,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.errors import InjectedFault, contain_errors
 from client.policy import refuse_outside_limits
 from client.privacy import (
     budget_exhausted_reply,
@@ -39,7 +41,7 @@ from clin_jepa.models import ModelConfig
 from clin_jepa.privacy import BudgetExhausted, check_run_id
 from clin_jepa.security.disclosure import min_patients_from, round_patients, suppress_by_metric
 
-app = ClientApp(mods=[refuse_outside_limits])
+app = ClientApp(mods=[contain_errors, refuse_outside_limits])
 
 
 def _site(context: Context) -> tuple[Site, FederationConfig]:
@@ -93,7 +95,7 @@ def train(msg: Message, context: Context) -> Message:
     reply = {f"{g}.{k}": v for g, state in trained.items() for k, v in state.items()}
     if set(reply) != set(sent):
         raise RuntimeError(f"site {site.name}: trained keys differ from the keys the server sent")
-    reply = _inject_fault(fed, site.name, rnd, "after", reply) or reply
+    reply = _inject_fault(fed, site.name, rnd, "after", reply, sent, metrics) or reply
     reply = encode_reply(reply, sent, fed.transport_dtype)
     if site_dp(site.cfg, fed) is None:  # under DP the round's duration would reveal the Poisson batch sizes
         metrics["client-time-s"] = time.perf_counter() - t0
@@ -106,17 +108,23 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _inject_fault(fed: FederationConfig, site: str, rnd: int, when: str,
-                  reply: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
+                  reply: dict[str, np.ndarray] | None = None, sent: dict[str, np.ndarray] | None = None,
+                  metrics: dict[str, float] | None = None) -> dict[str, np.ndarray] | None:
     """Test hook (run config ``inject-faults``): make this site misbehave in a round. Reached only at a
     node whose node config opts in (``allow-test-faults``); ``client.policy`` refuses the run elsewhere."""
-    kind = fed.fault_for(site, rnd)
-    if when == "before" and kind == "raise":
-        raise RuntimeError(f"injected fault at site {site} in round {rnd}")
-    if when == "before" and kind == "sleep":
+    kinds = set(fed.fault_for(site, rnd).split("+"))
+    if when == "after" and metrics is not None and "claim" in kinds:
+        metrics["num-examples"] = 1e12
+    if when == "before" and "raise" in kinds:
+        raise InjectedFault(f"injected fault at site {site} in round {rnd}")
+    if when == "before" and "sleep" in kinds:
         time.sleep(fed.round_timeout + 5)
-    if when == "after" and reply is not None and kind == "nan":
+    if when == "after" and reply is not None and "nan" in kinds:
         first = sorted(reply)[0]
         return {**reply, first: np.full_like(reply[first], np.nan)}
-    if when == "after" and reply is not None and kind == "scale":
+    if when == "after" and reply is not None and "scale" in kinds:
         return {k: v * np.float32(1e4) for k, v in reply.items()}
+    if when == "after" and reply is not None and sent is not None and kinds & {"flip", "still"}:
+        factor = np.float32(-9.9 if "flip" in kinds else 0.0)  # -9.9: just under max-norm-ratio's default 10
+        return {k: (sent[k] + factor * (v - sent[k])).astype(v.dtype) for k, v in reply.items()}
     return None

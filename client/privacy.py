@@ -25,6 +25,7 @@ from clin_jepa.privacy import (
     resolve_dp_settings,
     sample_rate,
 )
+from clin_jepa.privacy.sampling import n_patients
 from clin_jepa.privacy.wire import BUDGET_EXHAUSTED, UNIFORM_WEIGHT
 from clin_jepa.train import Schedule
 
@@ -52,7 +53,8 @@ def train_round_with_dp(cfg: SiteConfig, dp: DPSettings, model: ClinJEPA, optimi
     Raises :class:`BudgetExhausted` before training when the round would exceed the site's ε.
     """
     ledger = PrivacyLedger.open(cfg.state_dir, site=cfg.site, run_id=run_id, settings=dp,
-                                rate=sample_rate(batch_size, len(tensors)), planned_steps=fed.total_steps)
+                                rate=sample_rate(batch_size, n_patients(tensors)),
+                                planned_steps=fed.total_steps)
     metrics, _ = private_train_steps(model, optimizer, tensors, schedule, step0, n_steps, ledger=ledger,
                                      settings=dp, expected_batch_size=batch_size, rnd=rnd, device=device)
     return metrics

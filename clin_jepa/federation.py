@@ -22,12 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from clin_jepa.aggregation import check_aggregation
 from clin_jepa.config import TRANSPORT_DTYPES
 from clin_jepa.curriculum import HARD_SYNC, PHASES, CurriculumConfig, boundary_actions, lr_at, phase_at
 from clin_jepa.errors import ConfigError
 from clin_jepa.privacy.planning import RunDPOverrides
 
-FAULT_KINDS = ("raise", "nan", "scale", "sleep")
+# flip: the update scaled by -9.9 (just under max-norm-ratio); claim: num-examples = 1e12; still: the
+# weights sent come back untrained (a zero update)
+FAULT_KINDS = ("raise", "nan", "scale", "sleep", "flip", "claim", "still")
 DP_CENTRAL = ("off", "client-fixed", "server-fixed")
 
 # The groups a client needs to run a phase, besides the ones it trains: E gives the context inputs when it
@@ -59,6 +62,10 @@ class FederationConfig:
     hours: int = 72
     batch_size: int = 0
     max_norm_ratio: float = 10.0
+    aggregation: str = "fedavg"  # clin_jepa.aggregation.AGGREGATORS: fedavg or one of Flower's robust ones
+    aggregation_malicious: int = 1  # hostile sites a robust aggregation must outvote
+    aggregation_beta: float = 0.2  # trimmed-mean: share cut from each side
+    weight_cap: float = 3.0  # a site weighs at most this x the lower median of the sites' patient counts
     dp_central: str = "off"
     dp_noise_multiplier: float = 0.0
     dp_clipping_norm: float = 1.0
@@ -115,6 +122,8 @@ class FederationConfig:
         if self.device not in ("", "cpu", "cuda", "auto"):
             raise ConfigError(f"run config device: {self.device!r} is not one of '', cpu, cuda, auto "
                               "('' = each site's training.device)")
+        check_aggregation(self.aggregation, self.aggregation_malicious, self.aggregation_beta, self.min_sites,
+                          self.dp_central, self.weight_cap)
         self.dp_sample()  # validates the sample-level DP keys
         self.faults()  # validates the spec
 
@@ -124,14 +133,15 @@ class FederationConfig:
                               self.dp_sample_noise_multiplier, self.dp_sample_mode, self.dp_sample_accountant)
 
     def faults(self) -> dict[tuple[str, int], str]:
-        """Test hook ``inject-faults = "site:kind[@round],..."``: (site, round; 0 = every round) -> kind."""
+        """Test hook ``inject-faults = "site:kind[+kind][@round],..."``: (site, round; 0 = every round) ->
+        kind(s)."""
         out = {}
         for item in filter(None, (x.strip() for x in self.inject_faults.split(","))):
             site, _, rest = item.partition(":")
             kind, _, rnd = rest.partition("@")
-            if not site or kind not in FAULT_KINDS or not (rnd == "" or rnd.isdigit()):
-                raise ConfigError(f"run config inject-faults: {item!r} is not 'site:kind[@round]' with kind "
-                                  f"one of {list(FAULT_KINDS)}")
+            if not site or not set(kind.split("+")) <= set(FAULT_KINDS) or not (rnd == "" or rnd.isdigit()):
+                raise ConfigError(f"run config inject-faults: {item!r} is not 'site:kind[+kind][@round]' "
+                                  f"with kind one of {list(FAULT_KINDS)}")
             out[(site, int(rnd or 0))] = kind
         return out
 
@@ -310,8 +320,10 @@ def update_norm(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) ->
 def norm_outliers(norms: Mapping[Any, float], ratio: float) -> dict[Any, str]:
     """Replies whose update norm exceeds ``ratio`` × the median of the *other* replies' norms.
 
-    Comparing against the others (not a median that includes the candidate) flags one absurd update even
-    among two sites. With a single reply nothing can be compared, so nothing is flagged.
+    Comparing against the others (not a median that includes the candidate) flags one absurd update among
+    three or more. Two replies have no majority: a hostile site sending a zero update would make the honest
+    one look ``ratio`` times too large. When two disagree by more than ``ratio`` both are flagged (the round
+    learns nothing rather than the wrong thing). With a single reply nothing can be compared.
     """
     flagged = {}
     for key, norm in norms.items():
@@ -321,6 +333,11 @@ def norm_outliers(norms: Mapping[Any, float], ratio: float) -> dict[Any, str]:
         ref = float(np.median(others))
         if norm > ratio * max(ref, 1e-12):
             flagged[key] = f"update norm {norm:.4g} > {ratio:g} x median of the others ({ref:.4g})"
+    if len(norms) == 2 and flagged:
+        (a, na), (b, nb) = norms.items()
+        why = (f"the two update norms ({na:.4g}, {nb:.4g}) differ by more than {ratio:g}x and two replies "
+               "have no majority to tell the outlier: both left out")
+        flagged = {a: why, b: why}
     return flagged
 
 

@@ -28,7 +28,8 @@ from server.checks import screen_replies
 from server.privacy import record_privacy
 from server.state import ServerState, resume_state, save_round, truncate_metrics
 from server.stats_round import query_sites
-from server.strategy import ClinJepaFedAvg, wrap_for_privacy
+from server.strategy import PhaseAware, build_strategy, wrap_for_privacy
+from server.weights import apply_server_weights
 
 app = ServerApp()
 
@@ -70,6 +71,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
         t0 = time.perf_counter()
         roster = query_sites(grid, cfg, "statistics")
         state = ServerState.initial(cfg, roster.discretization(cfg.n_bins))
+        state.site_patients = {roster.sites[n]: s.n_subjects for n, s in roster.stats.items()}
         truncate_metrics(out_dir, -1)
         line = {"round": 0, "phase": "statistics", "round_time_s": time.perf_counter() - t0,
                 "discretization": state.disc.fingerprint(),
@@ -77,7 +79,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
                           for n, s in roster.stats.items()},
                 "failed": {str(n): w for n, w in roster.problems.items()}}
         save_round(state, out_dir, 0, "statistics", line, sorted(roster.sites.values()))
-    strategy = ClinJepaFedAvg(cfg, state, roster.sites)
+    strategy = build_strategy(cfg, state, roster.sites)
     outer = wrap_for_privacy(strategy, cfg)
     for rnd in range(state.round + 1, cfg.num_rounds + 1):
         run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
@@ -103,7 +105,7 @@ def decode_updates(msg: Message, sent: dict[str, np.ndarray]) -> None:
         msg.content[name] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in decoded.items()})
 
 
-def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: ClinJepaFedAvg,
+def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: PhaseAware,
               outer: Strategy, plan: RoundPlan, out_dir: Path) -> dict[str, Any]:
     """One training round; returns (and logs) its metrics line."""
     t0 = time.perf_counter()
@@ -141,6 +143,10 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
         entry.setdefault("bytes_up", 0)
         if node in screened.norms:
             entry["update_norm"] = screened.norms[node]
+    weighed = apply_server_weights(screened.accepted, strategy.weighted_by_key, strategy.site_nodes,
+                                   state.site_patients, cfg.weight_cap)
+    for node, entry in weighed.items():
+        sites[strategy.site_nodes.get(node, str(node))].update(entry)
     aggregated, agg_metrics = None, None
     if len(screened.accepted) >= cfg.min_sites:
         agg_arrays, agg_metrics = outer.aggregate_train(plan.round, screened.accepted)
@@ -153,6 +159,7 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: C
             "local_steps": plan.local_steps, "lr": plan.lrs[0], "momentum": plan.momentum,
             "hard_sync": plan.hard_sync, "upload": list(plan.upload), "download": list(plan.download),
             "updated": aggregated is not None, "accepted": len(screened.accepted),
+            "aggregation": cfg.aggregation,
             "aggregate": dict(agg_metrics) if agg_metrics is not None else {},
             "target_gap": state.target_gap(), "sites": sites, "wait_s": wait_s,
             "round_time_s": time.perf_counter() - t0}

@@ -60,6 +60,8 @@ class ServerState:
     round: int = 0
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
     accountants: dict[str, Any] = field(default_factory=dict)  # privacy accounting (server.privacy)
+    # site -> patients it reported in the statistics round: the server's aggregation weights (server.weights)
+    site_patients: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, cfg: FederationConfig, disc: Discretization) -> ServerState:
@@ -109,6 +111,7 @@ class ServerState:
                           step=step, round=self.round, phase=phase,
                           metrics=metrics, extra={"federation": self.cfg.to_dict(), "run_id": self.run_id,
                                                   "accountants": self.accountants,
+                                                  "site_patients": self.site_patients,
                                                   "sites": sites})
 
 
@@ -200,7 +203,9 @@ def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
     groups = {g: {k: v.numpy() for k, v in ckpt.weights[g].items()} for g in GROUPS}
     return ServerState(cfg, disc, ckpt.model_config, groups, round=ckpt.round,
                        run_id=str(ckpt.extra.get("run_id", secrets.token_hex(8))),
-                       accountants=dict(ckpt.extra.get("accountants") or {}))
+                       accountants=dict(ckpt.extra.get("accountants") or {}),
+                       site_patients={str(k): int(v)
+                                      for k, v in (ckpt.extra.get("site_patients") or {}).items()})
 
 
 def _kebab_list(names: list[str]) -> list[str]:

@@ -51,6 +51,22 @@ def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -
         time.sleep(1.0)
 
 
+def registered_names(grid: Grid) -> dict[int, str]:
+    """node id -> the name the coordinator registered with the node's public key (``flwr supernode
+    register --name``, deploy/coordinator/register-nodes.sh); empty in simulation, where nodes have none."""
+    return {int(n.node_id): str(n.name) for n in grid.get_nodes() if getattr(n, "name", "")}
+
+
+def name_mismatch(node: int, claimed: str, registered: dict[int, str]) -> str | None:
+    """Why ``node`` may not play site ``claimed``: its registered key bears another site's name. A node's
+    key is what the SuperLink authenticates; the site name is only what the node says."""
+    bound = registered.get(node)
+    if bound is None or bound == claimed:
+        return None
+    return (f"claims site {claimed!r} but its key is registered as {bound!r}; a node plays only the site "
+            "its key was registered for")
+
+
 def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> SiteRoster:
     """Ask every connected node for its site (and statistics); nodes that fail are left out and logged."""
     expected = len(cfg.site_configs)
@@ -61,6 +77,7 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
     content = RecordDict({"config": ConfigRecord({"what": what})})
     messages = [Message(content, dst_node_id=n, message_type=QUERY) for n in nodes]
     roster = SiteRoster()
+    registered = registered_names(grid)
     timeout = max(cfg.round_timeout, MIN_STATS_TIMEOUT_S)
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=timeout)}
     for node in nodes:
@@ -71,6 +88,9 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
             roster.problems[node] = f"client failed: {msg.error.reason.strip()[-600:]}"
         else:
             name = str(msg.content["site"]["site"])
+            if mismatch := name_mismatch(node, name, registered):
+                roster.problems[node] = mismatch
+                continue
             if name in roster.sites.values():
                 roster.problems[node] = f"site {name!r} is already played by another node"
                 continue

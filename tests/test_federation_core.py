@@ -100,12 +100,15 @@ def test_ema_update_keeps_copies_and_moves_between():
         ema_update(t, {"w": o["w"]}, 0.5)
 
 
-def test_norm_outlier_rule_flags_one_absurd_update_even_among_two():
+def test_norm_outlier_rule_flags_one_absurd_update_and_two_that_disagree():
     # 50 against the median of the *others* (1.0, 1.2) = 1.1: flagged, and the reason says so
     assert norm_outliers({1: 1.0, 2: 1.2, 3: 50.0}, 10) == {
         3: "update norm 50 > 10 x median of the others (1.1)"}
     assert norm_outliers({1: 1.0, 2: 1.2, 3: 10.9}, 10) == {}  # just under 10 x 1.1
-    assert set(norm_outliers({1: 1.0, 2: 100.0}, 10)) == {2}
+    # two replies have no majority: a zero update must not get the honest one rejected alone
+    assert set(norm_outliers({1: 1.0, 2: 100.0}, 10)) == {1, 2}
+    assert set(norm_outliers({1: 0.0, 2: 1.0}, 10)) == {1, 2}
+    assert norm_outliers({1: 1.0, 2: 9.0}, 10) == {}
     assert norm_outliers({1: 1.0, 2: 5.0, 3: 2.0}, 10) == {}
     assert norm_outliers({1: 1e9}, 10) == {}
     assert update_norm({"a": np.array([3.0, 4.0])}, {"a": np.zeros(2)}) == pytest.approx(5.0)
@@ -168,6 +171,7 @@ def test_server_state_moves_target_by_phase_and_resumes(tmp_path):
     from server.state import resume_state, save_round
 
     state = _state(tmp_path, curriculum=CurriculumConfig(fractions=(0.2,) * 5))
+    state.site_patients = {"a": 40, "b": 10**12}  # the aggregation weights' basis survives a restart
     cfg = state.cfg
     assert state.target_gap() == 0.0  # Ē starts as a copy of E
     for rnd in range(1, 6):
@@ -185,7 +189,7 @@ def test_server_state_moves_target_by_phase_and_resumes(tmp_path):
             assert state.target_gap() == 0.0  # warmup: untouched; sync: copied; finalize: E frozen
         save_round(state, tmp_path, plan.global_step + 2, plan.phase, {"round": rnd}, ["a", "b"])
     back = resume_state(cfg, tmp_path)
-    assert back.round == 5 and back.run_id == state.run_id
+    assert back.round == 5 and back.run_id == state.run_id and back.site_patients == {"a": 40, "b": 10**12}
     assert back.disc.fingerprint() == state.disc.fingerprint()
     for g in state.groups:
         for k, v in state.groups[g].items():

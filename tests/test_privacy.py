@@ -214,12 +214,12 @@ def test_restart_continues_epsilon_and_corrupt_ledger_refuses(tmp_path):
     assert second["dp-epsilon"] > first["dp-epsilon"]
     assert second["dp-noise-multiplier"] == first["dp-noise-multiplier"]
     # another run on the same data gets no fresh budget: the site's lifetime ε composes both runs, and the
-    # new run is refused as soon as the composition would exceed it (tests/test_privacy_budget.py)
+    # new run plans its noise for what run1 left of it (tests/test_privacy_lifetime.py), so it spends less
+    # per round than run1 did; past the lifetime it is refused (tests/test_privacy_budget.py)
     other, _ = _round(tmp_path, 1, run_id="run2")
-    assert other["dp-epsilon"] == pytest.approx(first["dp-epsilon"])  # this run's own share
-    assert other["dp-epsilon-all-runs"] > second["dp-epsilon"]
-    with pytest.raises(BudgetExhausted, match="lifetime budget"):
-        _round(tmp_path, 2, run_id="run2")
+    assert other["dp-noise-multiplier"] > first["dp-noise-multiplier"]
+    assert other["dp-epsilon"] < first["dp-epsilon"]  # this run's own share
+    assert second["dp-epsilon"] < other["dp-epsilon-all-runs"] <= 3.0
     (tmp_path / "privacy" / "run1.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable.*reset"):
         _round(tmp_path, 3)

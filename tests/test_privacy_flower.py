@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from flwr.supercore.privacy_accounting import (
@@ -79,13 +80,14 @@ def rdp_epsilon(noise: float, rate: float, steps: int, delta: float) -> float:
 def _configured_dp(sites: list[Path], disc: dict, fixed_noise: dict[str, float | None],
                    epsilon: float) -> dict[str, tuple[float, float]]:
     """(noise multiplier, sampling rate) each site should use, from the configuration alone: the rate is
-    batch / the site's train stays (counted by tokenizing its data here), the noise is the fixed one or
+    batch / the site's train PATIENTS (distinct subjects, counted by tokenizing its data here: the DP unit),
+    the noise is the fixed one or
     Opacus' plan for ``epsilon`` over every step of the run."""
     out = {}
     for path, name in zip(sites, SITES, strict=True):
         tensors = build_site_tensors(load_site_config(path), Discretization.from_dict(disc), load_tasks(), 48,
                                      use_cache=False).subset("train")
-        rate = BATCH / len(tensors)
+        rate = BATCH / len(np.unique(tensors.subject_id))
         noise = fixed_noise[name] or get_noise_multiplier(target_epsilon=epsilon, target_delta=1e-5,
                                                           sample_rate=rate, steps=ROUNDS * STEPS)
         out[name] = (noise, rate)

@@ -108,11 +108,12 @@ def resolve_dp_settings(site: PrivacyConfig, run: RunDPOverrides) -> DPSettings 
         lifetime_epsilon=site.target_epsilon, lifetime_delta=site.delta)
 
 
-def sample_rate(batch_size: int, n_train: int) -> float:
-    """Poisson sampling rate ``batch_size / N`` (capped at 1)."""
-    if n_train < 1:
-        raise ConfigError("DP-SGD needs at least one training row at the site")
-    return min(1.0, batch_size / n_train)
+def sample_rate(batch_size: int, n_patients: int) -> float:
+    """Poisson sampling rate ``batch_size / N`` (capped at 1), N the site's training PATIENTS (the DP
+    unit; ``sampling.poisson_batches`` draws patients, one stay each)."""
+    if n_patients < 1:
+        raise ConfigError("DP-SGD needs at least one training patient at the site")
+    return min(1.0, batch_size / n_patients)
 
 
 def plan_noise_multiplier(settings: DPSettings, rate: float, planned_steps: int) -> float:

@@ -1,0 +1,94 @@
+"""How the server combines the sites' replies: which aggregator, how many replies it needs, what weighs.
+
+Pure functions (no Flower): the ServerApp maps ``AGGREGATORS`` onto Flower's own strategies
+(``server.strategy``) and asks here whether a run's choice is sound before any round starts.
+
+Weights. A reply's ``num-examples`` is whatever the site writes into it: one site claiming 1e12 examples
+would own a weighted average. The server therefore never weighs by it. Each site weighs by the patient
+count it committed to in the statistics round (before any model existed), capped at ``weight-cap`` x the
+lower median of all sites' counts, so a liar's share is bounded by the honest sites' sizes; under
+client-level DP every site weighs the same (Flower's accountant requires it).
+
+Robust aggregators tolerate ``aggregation-malicious`` = f hostile replies among those a round accepts
+only when enough honest ones are left; a round never updates with fewer than ``min-sites`` accepted
+replies, so ``min-sites`` must be at least the aggregator's requirement (:func:`required_replies`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from clin_jepa.errors import ConfigError
+
+# run-config name -> the Flower strategy the ServerApp builds (flwr.serverapp.strategy)
+AGGREGATORS = {"fedavg": "FedAvg", "median": "FedMedian", "trimmed-mean": "FedTrimmedAvg",
+               "krum": "Krum", "multi-krum": "MultiKrum", "bulyan": "Bulyan"}
+ROBUST = tuple(a for a in AGGREGATORS if a != "fedavg")
+
+
+def required_replies(aggregation: str, malicious: int, beta: float) -> int:
+    """The fewest replies with which ``aggregation`` still outvotes ``malicious`` hostile ones (1 for
+    FedAvg, which outvotes none). Trimmed mean cuts ``int(beta x n)`` replies per side, so it needs
+    ``n`` with ``int(beta x n) >= malicious`` and an untrimmed middle left."""
+    if aggregation == "fedavg":
+        return 1
+    if aggregation == "median":  # an honest majority: the median lies between two honest values
+        return 2 * malicious + 1
+    if aggregation == "trimmed-mean":
+        if beta <= 0:
+            return 10**9
+        n = 2 * malicious + 1
+        while int(beta * n) < malicious:
+            n += 1
+        return n
+    if aggregation in ("krum", "multi-krum"):  # Blanchard et al. 2017: n > 2f + 2
+        return 2 * malicious + 3
+    if aggregation == "bulyan":  # El Mhamdi et al. 2018: n >= 4f + 3
+        return 4 * malicious + 3
+    raise ConfigError(f"run config aggregation: {aggregation!r} is not one of {list(AGGREGATORS)}")
+
+
+def check_aggregation(aggregation: str, malicious: int, beta: float, min_sites: int, dp_central: str,
+                      weight_cap: float) -> None:
+    """Refuse a run whose aggregation cannot keep its promise (one paragraph, no Flower involved)."""
+    if aggregation not in AGGREGATORS:
+        raise ConfigError(f"run config aggregation: {aggregation!r} is not one of {list(AGGREGATORS)}")
+    if not weight_cap >= 1 or not np.isfinite(weight_cap):
+        raise ConfigError(f"run config weight-cap: must be a finite number >= 1, got {weight_cap}")
+    if aggregation == "fedavg":
+        return
+    if malicious < 1:
+        raise ConfigError(f"run config aggregation-malicious: a robust aggregation ({aggregation}) must "
+                          f"tolerate at least 1 hostile site, got {malicious}")
+    if not 0 < beta < 0.5:
+        raise ConfigError(f"run config aggregation-beta: the trimmed share per side must be in (0, 0.5), "
+                          f"got {beta}")
+    if dp_central != "off":
+        # Flower's central DP noise is sigma x C / n: the sensitivity of a plain mean of clipped updates. A
+        # median, trimmed mean or Krum selection can move by up to C when one site changes, so the
+        # accountant's epsilon would be false.
+        raise ConfigError(f"run config aggregation = {aggregation} cannot be combined with dp-central = "
+                          f"{dp_central}: Flower's client-level DP noise is calibrated to a plain average "
+                          "(sensitivity C/n); use aggregation = fedavg with central DP, or sample-level DP "
+                          "(dp-sample-*) with a robust aggregation")
+    need = required_replies(aggregation, malicious, beta)
+    if min_sites < need:
+        raise ConfigError(f"run config aggregation = {aggregation} with aggregation-malicious = {malicious}"
+                          + (f" and aggregation-beta = {beta}" if aggregation == "trimmed-mean" else "")
+                          + f" needs at least {need} accepted replies per round, but min-sites is "
+                          f"{min_sites}: a round with fewer replies would be averaged without protection. "
+                          f"Raise min-sites to {need} (and run that many sites) or tolerate fewer hostile "
+                          "sites")
+
+
+def site_weights(patients: Mapping[str, int], cap: float) -> dict[str, float]:
+    """Aggregation weight per site from its statistics-round patient count: at least 1, at most ``cap`` x
+    the lower median of all counts (the lower median is an honest site's count as long as hostile sites
+    are fewer than half, also with two sites)."""
+    if not patients:
+        return {}
+    counts = np.sort(np.array([max(int(v), 1) for v in patients.values()], dtype=np.float64))
+    ceiling = cap * float(counts[(len(counts) - 1) // 2])
+    return {site: float(min(max(int(n), 1), ceiling)) for site, n in patients.items()}
