@@ -7,6 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from clin_jepa.data.concepts import add_catalog_argument
 from clin_jepa.errors import ConfigError
 
 HELP = "evaluate checkpoint(s) on the sites' held-out stays; writes metrics.json, report.md and PNG plots"
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-key", metavar="PEM",
                         help="verify each CKPT.sig with this coordinator public key before loading")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_catalog_argument(parser)
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -44,10 +46,12 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clin_jepa.data.concepts import use_catalog
     from clin_jepa.evaluation.baselines import GRUSettings
     from clin_jepa.evaluation.report import fmt
     from clin_jepa.evaluation.runner import EvalSettings, evaluate
 
+    use_catalog(args.concepts)
     if args.bootstrap < 0 or args.gru_epochs < 1:
         raise ConfigError("--bootstrap must be >= 0 and --gru-epochs >= 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():

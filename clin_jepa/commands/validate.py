@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from clin_jepa.config import load_site_config
+from clin_jepa.data.concepts import add_catalog_argument, check_site_catalog, use_catalog
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.validate import validate_site
 from clin_jepa.errors import ClinJepaError
@@ -18,6 +19,7 @@ HELP = "check site configs and their MEDS datasets; print a summary or every pro
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", nargs="+", metavar="SITE_YAML", help="site config file(s)")
+    add_catalog_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +27,11 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.configs:
         try:
-            summary = validate_site(load_site_config(path), tasks)
+            cfg = load_site_config(path)
+            # without --concepts a site is checked against the catalog it agreed to (or the packaged one)
+            use_catalog(args.concepts or cfg.concept_catalog)
+            check_site_catalog(cfg.site, cfg.concept_catalog)
+            summary = validate_site(cfg, tasks)
         except ClinJepaError as exc:
             failed += 1
             print(f"{path}: INVALID\n{exc}", file=sys.stderr)  # one paragraph: no blank line

@@ -208,6 +208,23 @@ def check_catalog(fingerprint: str, what: str) -> None:
             f"site config's concept_catalog)")
 
 
+def check_site_catalog(site: str, path: Path | None) -> None:
+    """Refuse a site whose config names a catalog (``concept_catalog``) other than the one in use."""
+    if path is None:
+        return
+    agreed = read_catalog(path)
+    if agreed.fingerprint() != load_concepts().fingerprint():
+        raise ClinJepaError(
+            f"site {site} agreed to {agreed.describe()} (site config concept_catalog), but this run uses "
+            f"{load_concepts().describe()}; the site takes no part until both name the same catalog")
+
+
+def add_catalog_argument(parser: Any) -> None:
+    """``--concepts CATALOG_YAML`` for the commands that read data (train, evaluate, validate)."""
+    parser.add_argument("--concepts", metavar="CATALOG_YAML", default="",
+                        help="concept catalog the federation agreed on (default: the packaged one)")
+
+
 def to_canonical(values: np.ndarray, concept: str, unit: str) -> np.ndarray:
     """Convert ``values`` recorded in ``unit`` to ``concept``'s canonical unit (float64)."""
     scale, offset = load_concepts().get(concept).conversion(unit)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clin_jepa.config import SiteConfig
-from clin_jepa.data.concepts import load_concepts
+from clin_jepa.data.concepts import check_site_catalog, load_concepts
 from clin_jepa.data.harmonize import CodeMapper, find_stays, harmonize
 from clin_jepa.data.meds import NAT, SPLIT_CODE, iter_shards, read_splits
 from clin_jepa.errors import ClinJepaError
@@ -135,6 +135,7 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
     not depend on the stay definition; ``n_subjects`` counts train subjects with at least one timed
     event, ``n_stays`` their eligible stays.
     """
+    check_site_catalog(cfg.site, cfg.concept_catalog)
     splits = read_splits(cfg.data_path)
     train_ids = np.array(sorted(s for s, code in splits.items() if code == SPLIT_CODE["train"]), np.int64)
     mapper = CodeMapper(cfg)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from clin_jepa.config import QUALITY_RULES, SiteConfig
-from clin_jepa.data.concepts import check_catalog, load_concepts
+from clin_jepa.data.concepts import check_catalog, check_site_catalog, load_concepts
 from clin_jepa.data.harmonize import HOUR_US, CodeMapper, Stays, eligible_stay_events, harmonize
 from clin_jepa.data.meds import NAT, SPLIT_CODE, Shard, iter_shards, read_splits, shard_paths, splits_path
 from clin_jepa.data.stats import Discretization
@@ -118,6 +118,7 @@ class _Tokenizer:
 
     def __init__(self, cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...],
                  hours: int) -> None:
+        check_site_catalog(cfg.site, cfg.concept_catalog)
         check_catalog(disc.catalog, "the discretization (from the statistics round or a checkpoint)")
         table = load_concepts()
         self.cfg, self.disc, self.tasks, self.hours = cfg, disc, tasks, hours
