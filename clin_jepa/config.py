@@ -68,19 +68,24 @@ class StayDefinition:
         return f"{self.name} stays ({self.key}: {self.start!r} -> {self.end!r})"
 
 
-# Content problems real extracts have; each is an error unless the site's data_quality says drop.
+# Content problems real extracts have; each is an error unless the site's data_quality says otherwise.
 QUALITY_RULES = ("events_after_death", "events_before_birth", "out_of_range", "negative_values",
                  "duplicates")
-QUALITY_ACTIONS = ("error", "drop")
+QUALITY_ACTIONS = ("error", "drop", "keep")
 
 
 @dataclass(frozen=True)
 class DataQuality:
-    """What to do with each kind of content problem (``QUALITY_RULES``): ``error`` or ``drop``."""
+    """What to do with each kind of content problem (``QUALITY_RULES``): ``error``, ``drop`` or ``keep``.
+
+    ``out_of_range`` alone defaults to ``keep``: the catalog's range was, before policies existed, only the
+    span of the shared histograms (values outside fall into its edge cells), and datasets that validated
+    then must still validate.
+    """
 
     events_after_death: str = "error"
     events_before_birth: str = "error"
-    out_of_range: str = "error"
+    out_of_range: str = "keep"
     negative_values: str = "error"
     duplicates: str = "error"
 

@@ -125,7 +125,7 @@ def _time_checks(p: Problems, name: str, h: Harmonized, rows_of: RowsText) -> No
 
 def _quality_checks(p: Problems, name: str, h: Harmonized, policy: DataQuality, rows_of: RowsText) -> None:
     """Content problems the site's data_quality leaves as errors (dropped ones are gone from ``h``)."""
-    rules = tuple(r for r in QUALITY_RULES if not policy.drops(r))
+    rules = tuple(r for r in QUALITY_RULES if getattr(policy, r) == "error")
     flags = flag_rows(h.shard, h.concept, h.value, h.info.is_birth, h.info.is_death, rules)
     column = {"events_after_death": "time", "events_before_birth": "time", "duplicates": "code"}
     for rule in rules:
