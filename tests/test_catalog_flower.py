@@ -22,7 +22,8 @@ def test_custom_catalog_federation_and_a_site_with_another_catalog_refused(tmp_p
     out = tmp_path / "ckpt"
     config = {"preset": "tiny", "hours": 48, "num-rounds": 2, "local-steps": 2, "batch-size": 8,
               "site-configs": ",".join(map(str, sites)), "checkpoint-dir": str(out),
-              "synth-if-missing": False, "round-timeout": 120.0, "min-sites": 2, "concept-catalog": str(catalog)}
+              "synth-if-missing": False, "round-timeout": 120.0, "min-sites": 2,
+              "concept-catalog": str(catalog)}
     with FlowerSandbox(tmp_path / "flower") as fl:
         proc = fl.run(REPO, config, num_supernodes=3)
     assert fl.survivors() == [], "Flower/Ray processes survived the run"
