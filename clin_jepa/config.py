@@ -63,9 +63,12 @@ class StayDefinition:
     end: str
     name: str = "icu"
     key: str = "icu_stay"
+    min_hours: int = 24  # a shorter stay is not used
+    context_hours: int = 24  # the prediction time: the patient must be alive then for the stay to be used
 
     def describe(self) -> str:
-        return f"{self.name} stays ({self.key}: {self.start!r} -> {self.end!r})"
+        return (f"{self.name} stays ({self.key}: {self.start!r} -> {self.end!r}; used if >= "
+                f"{self.min_hours} h and alive at {self.context_hours} h)")
 
 
 # Content problems real extracts have; each is an error unless the site's data_quality says otherwise.
@@ -269,12 +272,17 @@ def _stay(raw: dict[str, Any]) -> StayDefinition:
         raise ConfigError("site config: give exactly one of 'stay' (or its older name 'icu_stay') with start "
                           "and end code regexes")
     key = "stay" if "stay" in raw else "icu_stay"
-    stay = _only(_get(raw, key, "site config", dict), ("start", "end", "name"), key)
+    stay = _only(_get(raw, key, "site config", dict), ("start", "end", "name", "min_hours", "context_hours"),
+                 key)
     name = _get(stay, "name", key, str, "icu")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
         raise ConfigError(f"{key}.name: {name!r} must be 1-32 letters, digits, '_' or '-'")
+    hours = {k: _get(stay, k, key, int, getattr(StayDefinition, k)) for k in ("min_hours", "context_hours")}
+    for k, v in hours.items():
+        if not 1 <= v <= 24 * 365:
+            raise ConfigError(f"{key}.{k}: must be between 1 and {24 * 365} hours, got {v}")
     return StayDefinition(_regex(_get(stay, "start", key, str), f"{key}.start"),
-                          _regex(_get(stay, "end", key, str), f"{key}.end"), name, key)
+                          _regex(_get(stay, "end", key, str), f"{key}.end"), name, key, **hours)
 
 
 def _resolve(path: Path, key: str) -> Path:

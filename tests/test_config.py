@@ -56,7 +56,7 @@ def _with(**changes: object) -> dict:
     (_with(data__path=KeyError), "data.path: required key is missing"),
     (_with(data__root="x"), "data: unknown key(s) ['root']; allowed: ['path']"),
     (_with(icu_stay__start="ICU//(ADMIT"), "icu_stay.start: invalid regular expression"),
-    (_with(icu_stay__stop="x"), "icu_stay: unknown key(s) ['stop']; allowed: ['start', 'end', 'name']"),
+    (_with(icu_stay__stop="x"), "icu_stay: unknown key(s) ['stop']; allowed: ['start', 'end', 'name', 'min_hours', 'context_hours']"),
     (_with(training__device="tpu"), "training.device: 'tpu' is not one of ['cpu', 'cuda', 'auto']"),
     (_with(training__batch_size=0), "training.batch_size: must be between 1 and 65536, got 0"),
     (_with(training__batch_size="32"), "training.batch_size: expected int, got '32'"),

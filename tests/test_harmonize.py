@@ -51,7 +51,8 @@ def test_unit_conversion_round_trips(concept: str, unit: str, x: float) -> None:
     ("bun", "mmol/L", 10.0, 28.0), ("glucose", "mmol/L", 5.55, 99.9888), ("lactate", "mg/dL", 9.01, 1.0),
     ("spo2", "fraction", 0.95, 95.0), ("sodium", "mEq/L", 140.0, 140.0), ("wbc", "K/uL", 12.0, 12.0),
     ("wbc", "/uL", 12000.0, 12.0), ("wbc", "10*3/uL", 7.5, 7.5), ("wbc", "10^9/L", 7.5, 7.5),
-    ("sbp", "mm[Hg]", 120.0, 120.0), ("temperature", "Cel", 37.0, 37.0), ("temperature", "[degF]", 212.0, 100.0),
+    ("sbp", "mm[Hg]", 120.0, 120.0), ("temperature", "Cel", 37.0, 37.0),
+    ("temperature", "[degF]", 212.0, 100.0),
     ("glucose", "mg/dL", 90.0, 90.0), ("bilirubin", "umol/L", 17.10396, 1.0), ("fio2", "fraction", 0.4, 40.0),
     ("albumin", "g/L", 35.0, 3.5),
 ])

@@ -8,6 +8,7 @@ import meds
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fixtures import CODE_MAP, random_events, write_meds, write_site_config
 
 from clin_jepa.cli import main
@@ -15,7 +16,7 @@ from clin_jepa.config import load_site_config
 from clin_jepa.data.harmonize import CodeMapper, harmonize
 from clin_jepa.data.meds import iter_shards
 from clin_jepa.data.validate import validate_site
-from clin_jepa.errors import DataValidationError
+from clin_jepa.errors import ConfigError, DataValidationError
 
 
 def real_extract(n: int = 30) -> tuple[pd.DataFrame, int]:
@@ -114,3 +115,23 @@ def test_each_rule_errors_or_drops(tmp_path: Path, rule: str, edit, words: str) 
 
     # the random test data already has a few values outside the plausible ranges (SpO2 above 100 %)
     assert dropped("d", events) == added + (dropped("b", base) if rule == "out_of_range" else 0)
+
+
+def test_stay_key_with_its_own_lengths_and_the_old_icu_stay_key(tmp_path: Path, capsys) -> None:
+    from fixtures import END, START
+
+    events = random_events(30, seed=4, hours=48)  # stays of 30-100 h
+    old = validate_site(load_site_config(site_yaml(tmp_path / "a", events, {})))
+    ward = {"start": START, "end": END, "name": "ward", "min_hours": 60, "context_hours": 12}
+    path = site_yaml(tmp_path / "b", events, {}, stay=ward)
+    raw = yaml.safe_load(path.read_text())
+    del raw["icu_stay"]
+    path.write_text(yaml.safe_dump(raw))
+    new = validate_site(load_site_config(path))
+    assert 0 < new.n_eligible < old.n_eligible == old.n_stays == new.n_stays
+    assert main(["validate", str(path)]) == 0
+    assert "ward stays (stay: 'ICU//ADMIT' -> 'ICU//DISCHARGE'; used if >= 60 h and alive at 12 h)" in (
+        capsys.readouterr().out)
+    both = site_yaml(tmp_path / "c", events, {}, stay=ward)
+    with pytest.raises(ConfigError, match="exactly one of 'stay'"):
+        load_site_config(both)

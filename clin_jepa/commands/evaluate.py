@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-key", metavar="PEM",
                         help="verify each CKPT.sig with this coordinator public key before loading")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--context", type=int, default=24, metavar="H",
+                        help="prediction time in hours after the stay start: probes read hours < H "
+                             "(default 24)")
+    parser.add_argument("--horizon", type=int, default=48, metavar="H",
+                        help="hours after the prediction time that rollout drift and displacement cover "
+                             "(default 48)")
     add_catalog_argument(parser)
 
 
@@ -52,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from clin_jepa.evaluation.runner import EvalSettings, evaluate
 
     use_catalog(args.concepts)
-    if args.bootstrap < 0 or args.gru_epochs < 1:
-        raise ConfigError("--bootstrap must be >= 0 and --gru-epochs >= 1")
+    if args.bootstrap < 0 or args.gru_epochs < 1 or args.context < 1 or args.horizon < 1:
+        raise ConfigError("--bootstrap must be >= 0 and --gru-epochs, --context, --horizon >= 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; the report needs a folder")
     if args.public_key:
@@ -71,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from clin_jepa.device import resolve_device
 
     device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
-    settings = EvalSettings(bootstrap=args.bootstrap, seed=args.seed, device=device,
+    settings = EvalSettings(context=args.context, horizon=args.horizon,
+                            bootstrap=args.bootstrap, seed=args.seed, device=device,
                             baselines=not args.no_baselines, gru_seeds=tuple(args.gru_seeds),
                             gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed),
                             ground_truth=args.ground_truth)

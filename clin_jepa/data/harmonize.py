@@ -149,6 +149,8 @@ class Harmonized:
     concept: np.ndarray  # int16 per event
     value: np.ndarray  # float64 per event, canonical unit
     dropped: dict[str, int] = field(default_factory=dict)  # events removed per data_quality rule
+    min_hours: int = MIN_STAY_HOURS  # the site's stay.min_hours and stay.context_hours
+    context_hours: int = MIN_STAY_HOURS
 
     def code_counts(self) -> np.ndarray:
         """Events per distinct code of the shard (aligned with ``shard.codes``)."""
@@ -162,20 +164,22 @@ def harmonize(shard: Shard, mapper: CodeMapper) -> Harmonized:
     concept = info.concept[idx]
     value = shard.value * info.scale[idx] + info.offset[idx]
     rules = drop_rules(mapper.cfg.data_quality)
+    hours = {"min_hours": mapper.cfg.stay.min_hours, "context_hours": mapper.cfg.stay.context_hours}
     if not rules:
-        return Harmonized(shard, info, concept, value)
+        return Harmonized(shard, info, concept, value, **hours)
     flags = flag_rows(shard, concept, value, info.is_birth, info.is_death, rules)
     keep, dropped = apply_policy(flags, mapper.cfg.data_quality, len(shard))
     if not keep.all():
         shard, concept, value = take_rows(shard, keep), concept[keep], value[keep]
-    return Harmonized(shard, info, concept, value, dropped)
+    return Harmonized(shard, info, concept, value, dropped, **hours)
 
 
 @dataclass
 class Stays:
     """ICU stays of one shard, sorted by (subject, start). Times are int64 microseconds.
 
-    ``eligible``: lasts >= 24 h and the subject is alive 24 h after the start.
+    ``eligible``: lasts >= ``stay.min_hours`` (24) and the subject is alive ``stay.context_hours`` (24)
+    after the start.
     """
 
     subject: np.ndarray
@@ -241,9 +245,8 @@ def find_stays(h: Harmonized) -> Stays:
     death = _time_per_subject(s.subject, s.time, np.flatnonzero(h.info.is_death[code_rows]), st_subj)
     dies_in = (death != NAT) & (death > st_start) & (death < st_end)
     st_end = np.where(dies_in, death, st_end)
-    day = MIN_STAY_HOURS * HOUR_US
-    alive_at_24 = (death == NAT) | (death > st_start + day)
-    eligible = (st_end - st_start >= day) & alive_at_24
+    alive_at_context = (death == NAT) | (death > st_start + h.context_hours * HOUR_US)
+    eligible = (st_end - st_start >= h.min_hours * HOUR_US) & alive_at_context
     return Stays(st_subj, st_start, st_end, birth, death, eligible)
 
 

@@ -229,7 +229,8 @@ def cache_key(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...]
     content = {
         "version": CACHE_VERSION, "files": stat, "disc": disc.fingerprint(), "hours": hours,
         "tasks": [t.to_dict() for t in tasks],
-        "mapping": {"site": cfg.site, "stay": [cfg.stay.start, cfg.stay.end],
+        "mapping": {"site": cfg.site, "stay": [cfg.stay.start, cfg.stay.end, cfg.stay.min_hours,
+                                                   cfg.stay.context_hours],
                     "ignore": list(cfg.ignore_codes),
                     "code_map": [[r.pattern, r.regex, r.concept, r.unit, r.scale, r.offset]
                                  for r in cfg.code_map],

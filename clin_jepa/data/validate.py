@@ -88,8 +88,8 @@ class ValidationSummary:
             f"  files: {self.n_files} shard(s), {self.n_events:,} events, {self.n_subjects:,} subjects "
             f"({splits})",
             f"  {self.catalog}",
-            f"  stays: {self.stay}: {self.n_stays:,} found, {self.n_eligible:,} eligible (>= 24 h, alive "
-            f"at 24 h), {self.icu_hours:,.0f} hours in eligible stays",
+            f"  stays: {self.stay}: {self.n_stays:,} found, {self.n_eligible:,} eligible, "
+            f"{self.icu_hours:,.0f} hours in eligible stays",
             f"  mapped codes ({len(mapped)}, {sum(n for _, n in mapped):,} events):",
             *(f"    {c} -> {self.code_concept[c]}: {n:,}" for c, n in mapped),
             f"  unit conversions ({len(self.conversions)}):",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.meds import SPLIT_CODE
 from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
@@ -64,6 +65,14 @@ class ModelResult:
     metrics: dict[str, Any]
     projection: tuple[np.ndarray, np.ndarray, np.ndarray]
     probes: ProbeResult
+
+
+def _stay_definitions(sites: Sequence[str | Path]) -> dict[str, str]:
+    """Site name -> the stay definition its config uses (reports say which stays they scored)."""
+    from clin_jepa.config import load_site_config
+
+    cfgs = [load_site_config(p) for p in sites]
+    return {c.site: c.stay.describe() for c in cfgs}
 
 
 def evaluate_model(m: LoadedModel, train: SiteTensors, held: SiteTensors, s: EvalSettings,
@@ -174,6 +183,7 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         metrics = {
             "settings": {**asdict(s), "embedding": EMBEDDING_DOC, "cohorts": COHORT_DOC},
             "data": {"sites": data.site.split("+"), "discretization": disc.fingerprint(),
+                     "stays": _stay_definitions(sites), "catalog": load_concepts().describe(),
                      "tasks": list(held.tasks),
                      "n_stays": {"train": len(train.split), "tuning": len(tune.split),
                                  "held_out": len(held.split)}},
