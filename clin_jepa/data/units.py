@@ -18,7 +18,8 @@ from clin_jepa.errors import ConfigError
 
 # Not UCUM, but what extracts and people write; the value is the UCUM spelling.
 COMMON_SPELLINGS = {
-    "K/uL": "10*3/uL", "k/uL": "10*3/uL", "10^3/uL": "10*3/uL", "x10E3/uL": "10*3/uL",
+    "K/uL": "10*3/uL", "k/uL": "10*3/uL", "K/mcL": "10*3/uL", "mcL": "uL",
+    "10^3/uL": "10*3/uL", "x10E3/uL": "10*3/uL",
     "G/L": "10*9/L", "10^9/L": "10*9/L", "x10E9/L": "10*9/L", "/mm3": "/mm3",
     "mmHg": "mm[Hg]", "degC": "Cel", "°C": "Cel", "C": "Cel", "degF": "[degF]", "°F": "[degF]", "F": "[degF]",
     "µmol/L": "umol/L", "μmol/L": "umol/L", "µL": "uL", "fraction": "1", "[pH]": "1", "bpm": "/min",

@@ -1,0 +1,66 @@
+"""`clin-jepa synth --code-style`: synthetic hospitals coded as the MIMIC-IV-MEDS and eICU-MEDS ETLs write
+them, read with the shipped site_configs/examples/ configs: validate -> train a few steps -> evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from clin_jepa.cli import main
+from clin_jepa.config import load_site_config
+from clin_jepa.data.concepts import load_concepts
+from clin_jepa.data.harmonize import CodeMapper, harmonize
+from clin_jepa.data.meds import iter_shards
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "site_configs" / "examples"
+
+
+def canonical_values(config: Path) -> dict[int, np.ndarray]:
+    """Every canonical measurement value of a site, sorted, per concept index."""
+    cfg = load_site_config(config)
+    mapper = CodeMapper(cfg)
+    parts = [harmonize(s, mapper) for s in iter_shards(cfg.data_path)]
+    concept = np.concatenate([h.concept for h in parts])
+    value = np.concatenate([h.value for h in parts])
+    n_measurements = len(load_concepts().measurements)
+    return {int(c): np.sort(value[concept == c]) for c in np.unique(concept[np.isfinite(value)])
+            if 0 <= c < n_measurements}
+
+
+@pytest.mark.parametrize("style", ["mimic-iv-meds", "eicu-meds"])
+def test_recoded_hospital_carries_the_same_values_in_the_etl_codes(tmp_path: Path, style: str) -> None:
+    native, styled = tmp_path / "native", tmp_path / "styled"
+    assert main(["synth", "--out", str(native), "--sites", "1", "--patients", "30"]) == 0
+    assert main(["synth", "--out", str(styled), "--sites", "1", "--patients", "30",
+                 "--code-style", style]) == 0
+    written = yaml.safe_load((styled / "hospital_a.yaml").read_text())
+    shipped = yaml.safe_load((EXAMPLES / f"{style.replace('-', '_')}.yaml").read_text())
+    for key in ("stay", "code_map", "ignore_codes", "data_quality", "max_unmapped_share"):
+        assert written[key] == shipped[key], key  # the shipped config itself, only paths changed
+    a, b = canonical_values(native / "hospital_a.yaml"), canonical_values(styled / "hospital_a.yaml")
+    assert a.keys() == b.keys() and len(a) == 16
+    for c in a:
+        np.testing.assert_allclose(b[c], a[c], rtol=2e-6, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["mimic-iv-meds", "eicu-meds"])
+def test_shipped_config_validates_trains_and_evaluates(tmp_path: Path, style: str, capsys) -> None:
+    out = tmp_path / "sites"
+    assert main(["synth", "--out", str(out), "--sites", "2", "--patients", "60", "--code-style", style]) == 0
+    sites = [str(out / "hospital_a.yaml"), str(out / "hospital_b.yaml")]
+    assert main(["validate", *sites]) == 0
+    text = capsys.readouterr().out
+    assert "unmapped codes" in text and "stays: icu stays (stay: 'ICU_ADMISSION//.*'" in text
+    run = tmp_path / "run"
+    assert main(["train", "--sites", *sites, "--out", str(run), "--steps", "4", "--preset", "tiny",
+                 "--hours", "72", "--no-progress"]) == 0
+    report = tmp_path / "report"
+    assert main(["evaluate", str(run / "ckpt.pt"), "--sites", *sites, "--out", str(report), "--no-baselines",
+                 "--bootstrap", "0", "--quiet"]) == 0
+    md = (report / "report.md").read_text()
+    assert "Stay definition at hospital_a: icu stays (stay: 'ICU_ADMISSION//.*'" in md
+    assert (report / "metrics.json").is_file()
