@@ -12,12 +12,14 @@ from clin_jepa.cli import main
 def test_suggestions_restore_removed_rules_and_propose_unused_labs(tmp_path: Path, capsys) -> None:
     assert main(["synth", "--out", str(tmp_path), "--sites", "2", "--patients", "20"]) == 0
     raw = yaml.safe_load((tmp_path / "hospital_b.yaml").read_text())
-    removed = {r["code"]: r for r in raw["code_map"] if r["concept"] in ("creatinine", "glucose", "vasopressor")}
+    gone = ("creatinine", "glucose", "vasopressor")
+    removed = {r["code"]: r for r in raw["code_map"] if r["concept"] in gone}
     raw["code_map"] = [r for r in raw["code_map"] if r.get("code") not in removed]
     cut = tmp_path / "cut.yaml"
     cut.write_text(yaml.safe_dump(raw, sort_keys=False))
     capsys.readouterr()
-    assert main(["validate", "--suggest", str(cut)]) == 2  # the removed codes make the unmapped share too high
+    # the removed codes push the unmapped share over the limit: invalid, and the suggestions say what to add
+    assert main(["validate", "--suggest", str(cut)]) == 2
     out = capsys.readouterr().out
     entries = yaml.safe_load(out)
     by_code = {e["code"]: e for e in entries}
