@@ -3,6 +3,7 @@ them, read with the shipped site_configs/examples/ configs: validate -> train a 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,12 @@ def test_shipped_config_validates_trains_and_evaluates(tmp_path: Path, style: st
     assert main(["train", "--sites", *sites, "--out", str(run), "--steps", "4", "--preset", "tiny",
                  "--hours", "72", "--no-progress"]) == 0
     report = tmp_path / "report"
+    # the eICU run also probes MEDS-DEV threshold variants, chosen by name
+    tasks = ["meds_dev_anemia", "meds_dev_hypotension", "in_icu_mortality"] if style == "eicu-meds" else []
     assert main(["evaluate", str(run / "ckpt.pt"), "--sites", *sites, "--out", str(report), "--no-baselines",
-                 "--bootstrap", "0", "--quiet"]) == 0
+                 "--bootstrap", "0", "--quiet", *(["--tasks", *tasks] if tasks else [])]) == 0
+    if tasks:
+        assert json.loads((report / "metrics.json").read_text())["data"]["tasks"] == tasks
     md = (report / "report.md").read_text()
     assert "Stay definition at hospital_a: icu stays (stay: 'ICU_ADMISSION//.*'" in md
     assert (report / "metrics.json").is_file()

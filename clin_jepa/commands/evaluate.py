@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-key", metavar="PEM",
                         help="verify each CKPT.sig with this coordinator public key before loading")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--tasks", nargs="+", metavar="NAME", default=(),
+                        help="probe these tasks, by name (default: the 8 packaged ICU tasks; meds_dev_* are "
+                             "the MEDS-DEV threshold variants)")
     parser.add_argument("--context", type=int, default=24, metavar="H",
                         help="prediction time in hours after the stay start: probes read hours < H "
                              "(default 24)")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from clin_jepa.device import resolve_device
 
     device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
-    settings = EvalSettings(context=args.context, horizon=args.horizon,
+    settings = EvalSettings(context=args.context, horizon=args.horizon, tasks=tuple(args.tasks),
                             bootstrap=args.bootstrap, seed=args.seed, device=device,
                             baselines=not args.no_baselines, gru_seeds=tuple(args.gru_seeds),
                             gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed),

@@ -20,6 +20,9 @@ HELP = "check site configs and their MEDS datasets; print a summary or every pro
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", nargs="+", metavar="SITE_YAML", help="site config file(s)")
     add_catalog_argument(parser)
+    parser.add_argument("--tasks", nargs="+", metavar="NAME", default=None,
+                        help="tasks whose positive rates to report, by name (default: the 8 packaged ICU "
+                             "tasks; meds_dev_* are the MEDS-DEV threshold variants)")
     parser.add_argument("--suggest", action="store_true",
                         help="also print code_map entries for unmapped codes, proposed from "
                              "metadata/codes.parquet (descriptions, LOINC parent codes, units), as YAML")
@@ -34,7 +37,7 @@ def _print_suggestions(cfg: SiteConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tasks = load_tasks()
+    tasks = load_tasks(names=args.tasks)
     failed = 0
     for path in args.configs:
         try:

@@ -58,6 +58,7 @@ class EvalSettings:
     gru: GRUSettings = field(default_factory=GRUSettings)
     gru_seeds: tuple[int, ...] = ()  # () = one GRU seeded with ``gru.seed``, named "gru"
     ground_truth: bool = False
+    tasks: tuple[str, ...] = ()  # task names to probe; () = the packaged default set
 
 
 @dataclass
@@ -150,8 +151,11 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
     disc = models[0].disc
     steps = len(sites) + 2 * len(models) + (2 if s.baselines else 0) + 1
     with tqdm(total=steps, desc="evaluate", unit="step", disable=not progress) as bar:
-        data, hidden = load_sites(sites, disc, s.context + s.horizon, bar, ground_truth=s.ground_truth)
+        data, hidden = load_sites(sites, disc, s.context + s.horizon, bar, ground_truth=s.ground_truth,
+                                  tasks=s.tasks)
         for m in models:
+            if s.tasks:  # tasks asked for by name are new questions to the same embeddings
+                m.tasks = None
             check_against_data(m, data)
         train, tune, held = (data.subset(name) for name in ("train", "tuning", "held_out"))
         held_hidden = None if hidden is None else hidden[data.split == SPLIT_CODE["held_out"]]
