@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import meds
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -67,5 +69,12 @@ def test_shipped_config_validates_trains_and_evaluates(tmp_path: Path, style: st
     if tasks:
         assert json.loads((report / "metrics.json").read_text())["data"]["tasks"] == tasks
     md = (report / "report.md").read_text()
+    label = pq.read_table(report / "labels" / "in_icu_mortality.parquet")
+    pred = pq.read_table(report / "predictions" / "run" / "in_icu_mortality.parquet")
+    assert label.schema.names == ["subject_id", "prediction_time", "boolean_value"]
+    want = meds.LabelSchema.schema().field("prediction_time").type
+    assert label.schema.field("prediction_time").type == want
+    assert pred.schema.names[-2:] == ["predicted_boolean_value", "predicted_boolean_probability"]
+    assert 0 < pred.num_rows <= label.num_rows
     assert "Stay definition at hospital_a: icu stays (stay: 'ICU_ADMISSION//.*'" in md
     assert (report / "metrics.json").is_file()

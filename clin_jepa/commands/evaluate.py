@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             stack.enter_context(verified_loads(checkpoint_verifier(args.public_key)))
         metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
                            progress=not args.quiet)
-    print(f"wrote {args.out}/metrics.json, report.md and plots")
+    print(f"wrote {args.out}/metrics.json, report.md, plots, labels/ and predictions/ (MEDS label files)")
     for label, m in metrics["models"].items():
         d, g, p = m["drift"], m["geometry"], m.get("paired")
         hidden = "" if g["hidden"] is None else f", hidden-cohort {fmt(g['hidden']['ratio'])}"

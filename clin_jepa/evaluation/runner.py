@@ -33,6 +33,7 @@ from clin_jepa.evaluation.drift import copy_forward, drift_curve, drift_summary
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.loading import LoadedModel, check_against_data, load_models, load_sites
 from clin_jepa.evaluation.paired import SEED_SEP, find_pairs, probe_noise
+from clin_jepa.evaluation.predictions import write_label_files
 from clin_jepa.evaluation.probes import ProbeResult, fit_linear_probes
 from clin_jepa.evaluation.report import write_report
 
@@ -198,5 +199,8 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         }
         bar.set_postfix_str("report")
         write_report(out_dir, metrics, {k: r.projection for k, r in results.items()})
+        scores = {**{k: r.probes.scores for k, r in results.items()},
+                  **{k: p.scores for k, p in baselines.items()}}
+        write_label_files(Path(out_dir), held, s.context, scores)
         bar.update(1)
     return metrics
