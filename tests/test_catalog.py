@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from fixtures import CODE_MAP, random_events, write_meds, write_site_config
 
+from clin_jepa.checkpoint import load_checkpoint
 from clin_jepa.cli import main
 from clin_jepa.config import load_site_config
-from clin_jepa.data.concepts import catalog_in_use, packaged_catalog, parse_catalog
+from clin_jepa.data.concepts import catalog_in_use, load_concepts, packaged_catalog, parse_catalog
 from clin_jepa.data.stats import compute_site_statistics, quantile_edges
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.tokenize import tokenize_dataset
@@ -114,21 +114,15 @@ def test_train_and_evaluate_with_concepts_and_a_refusal_without(tmp_path: Path, 
     catalog = write_catalog(tmp_path / "fed.yaml", [CVP])
     site = cvp_site(tmp_path, "site0")
     out = tmp_path / "run"
-    try:
-        assert main(["train", "--sites", str(site), "--out", str(out), "--steps", "2", "--preset", "tiny",
-                     "--hours", "48", "--no-progress", "--concepts", str(catalog)]) == 0
-        from clin_jepa.checkpoint import load_checkpoint
-
-        disc = load_checkpoint(out / "ckpt.pt").load_discretization()
-        assert disc is not None and "cvp" in disc.concepts
-        capsys.readouterr()
-        rc = main(["evaluate", str(out / "ckpt.pt"), "--sites", str(site), "--out", str(tmp_path / "ev"),
-                   "--no-baselines", "--bootstrap", "0", "--quiet"])
-        err = capsys.readouterr().err
-        assert rc == 2 and "built under concept catalog" in err and "Traceback" not in err
-    finally:
-        from clin_jepa.data.concepts import use_catalog
-
-        use_catalog(None)  # the CLI sets the process's catalog; later tests expect the packaged one
+    assert main(["train", "--sites", str(site), "--out", str(out), "--steps", "2", "--preset", "tiny",
+                 "--hours", "48", "--no-progress", "--concepts", str(catalog)]) == 0
+    disc = load_checkpoint(out / "ckpt.pt").load_discretization()
+    assert disc is not None and "cvp" in disc.concepts
+    capsys.readouterr()
+    rc = main(["evaluate", str(out / "ckpt.pt"), "--sites", str(site), "--out", str(tmp_path / "ev"),
+               "--no-baselines", "--bootstrap", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "built under concept catalog" in err and "Traceback" not in err
     assert not (tmp_path / "ev" / "metrics.json").exists()
-    np.testing.assert_equal(packaged_catalog().measurement_names[0], "heart_rate")
+    # the command's --concepts ended with it: this process is back on the packaged catalog
+    assert load_concepts().fingerprint() == packaged_catalog().fingerprint()

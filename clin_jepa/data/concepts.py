@@ -187,13 +187,20 @@ def use_catalog(path: str | Path | None) -> ConceptTable:
 
 
 @contextmanager
-def catalog_in_use(path: str | Path | None) -> Iterator[ConceptTable]:
-    """Use the catalog in ``path`` inside the block, then restore the previous one."""
+def restored_catalog() -> Iterator[None]:
+    """Whatever catalog the block chooses, the previous one is in use again after it."""
     saved = list(_IN_USE)
     try:
-        yield use_catalog(path)
+        yield
     finally:
         _IN_USE[:] = saved
+
+
+@contextmanager
+def catalog_in_use(path: str | Path | None) -> Iterator[ConceptTable]:
+    """Use the catalog in ``path`` inside the block, then restore the previous one."""
+    with restored_catalog():
+        yield use_catalog(path)
 
 
 def check_catalog(fingerprint: str, what: str) -> None:
