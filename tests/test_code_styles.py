@@ -76,5 +76,33 @@ def test_shipped_config_validates_trains_and_evaluates(tmp_path: Path, style: st
     assert label.schema.field("prediction_time").type == want
     assert pred.schema.names[-2:] == ["predicted_boolean_value", "predicted_boolean_probability"]
     assert 0 < pred.num_rows <= label.num_rows
+    if not tasks:  # the label files read back in place of the task definitions give the same probes
+        again = tmp_path / "again"
+        assert main(["evaluate", str(run / "ckpt.pt"), "--sites", *sites, "--out", str(again),
+                     "--no-baselines", "--bootstrap", "0", "--quiet", "--label-files",
+                     str(report / "labels")]) == 0
+        first, second = (json.loads((d / "metrics.json").read_text())["models"]["run"]["probes"]["tasks"]
+                         for d in (report, again))
+        assert first.keys() == second.keys() and len(first) == 8
+        for t in first:
+            assert (second[t]["n_test"], second[t]["auroc"]) == (first[t]["n_test"], first[t]["auroc"]), t
     assert "Stay definition at hospital_a: icu stays (stay: 'ICU_ADMISSION//.*'" in md
     assert (report / "metrics.json").is_file()
+
+
+def test_malformed_label_files_are_refused_naming_each(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from clin_jepa.data.stats import Discretization
+    from clin_jepa.data.tokenize import SiteTensors
+    from clin_jepa.errors import DataValidationError
+    from clin_jepa.evaluation.predictions import attach_label_files
+
+    pq.write_table(pa.table({"subject_id": [1], "prediction_time": ["2020-01-01"], "boolean_value": [True]}),
+                   tmp_path / "x.parquet")
+    pq.write_table(pa.table({"subject_id": [1], "label": [True]}), tmp_path / "y.parquet")
+    empty = SiteTensors.empty(Discretization((), (), 10, {}), (), 72, "s")
+    with pytest.raises(DataValidationError) as info:
+        attach_label_files(empty, tmp_path, 24)
+    text = str(info.value)
+    assert "x.parquet: columns {'prediction_time': 'string'}" in text and "y.parquet" in text

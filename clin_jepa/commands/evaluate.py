@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", metavar="NAME", default=(),
                         help="probe these tasks, by name (default: the 8 packaged ICU tasks; meds_dev_* are "
                              "the MEDS-DEV threshold variants)")
+    parser.add_argument("--label-files", metavar="DIR", default="",
+                        help="MEDS label files DIR/<task>.parquet (subject_id, prediction_time = stay "
+                             "start + --context hours, boolean_value), e.g. from ACES, used instead of the "
+                             "task definitions")
     parser.add_argument("--context", type=int, default=24, metavar="H",
                         help="prediction time in hours after the stay start: probes read hours < H "
                              "(default 24)")
@@ -80,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from clin_jepa.device import resolve_device
 
     device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
+    if args.label_files and args.tasks:
+        raise ConfigError("give --tasks or --label-files, not both")
     settings = EvalSettings(context=args.context, horizon=args.horizon, tasks=tuple(args.tasks),
+                            label_files=args.label_files,
                             bootstrap=args.bootstrap, seed=args.seed, device=device,
                             baselines=not args.no_baselines, gru_seeds=tuple(args.gru_seeds),
                             gru=GRUSettings(epochs=args.gru_epochs, seed=args.seed),

@@ -33,7 +33,7 @@ from clin_jepa.evaluation.drift import copy_forward, drift_curve, drift_summary
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.loading import LoadedModel, check_against_data, load_models, load_sites
 from clin_jepa.evaluation.paired import SEED_SEP, find_pairs, probe_noise
-from clin_jepa.evaluation.predictions import write_label_files
+from clin_jepa.evaluation.predictions import attach_label_files, write_label_files
 from clin_jepa.evaluation.probes import ProbeResult, fit_linear_probes
 from clin_jepa.evaluation.report import write_report
 
@@ -60,6 +60,7 @@ class EvalSettings:
     gru_seeds: tuple[int, ...] = ()  # () = one GRU seeded with ``gru.seed``, named "gru"
     ground_truth: bool = False
     tasks: tuple[str, ...] = ()  # task names to probe; () = the packaged default set
+    label_files: str = ""  # a folder of MEDS label files (<task>.parquet) used instead of task definitions
 
 
 @dataclass
@@ -154,8 +155,10 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
     with tqdm(total=steps, desc="evaluate", unit="step", disable=not progress) as bar:
         data, hidden = load_sites(sites, disc, s.context + s.horizon, bar, ground_truth=s.ground_truth,
                                   tasks=s.tasks)
+        if s.label_files:
+            data = attach_label_files(data, Path(s.label_files), s.context)
         for m in models:
-            if s.tasks:  # tasks asked for by name are new questions to the same embeddings
+            if s.tasks or s.label_files:  # tasks asked for are new questions to the same embeddings
                 m.tasks = None
             check_against_data(m, data)
         train, tune, held = (data.subset(name) for name in ("train", "tuning", "held_out"))
@@ -201,6 +204,6 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         write_report(out_dir, metrics, {k: r.projection for k, r in results.items()})
         scores = {**{k: r.probes.scores for k, r in results.items()},
                   **{k: p.scores for k, p in baselines.items()}}
-        write_label_files(Path(out_dir), held, s.context, scores)
+        write_label_files(Path(out_dir), data, held, s.context, scores)
         bar.update(1)
     return metrics
