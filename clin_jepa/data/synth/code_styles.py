@@ -121,6 +121,10 @@ def recode_site(root: Path, config: Path, style_name: str) -> Path:
     style = STYLES.get(style_name)
     if style is None:
         raise ConfigError(f"--code-style: {style_name!r} is not one of {sorted(STYLES)}")
+    shipped_path = EXAMPLES / style.config
+    if not shipped_path.is_file():
+        raise ConfigError(f"--code-style {style_name}: {shipped_path} not found; the recoded hospital takes "
+                          "the repository's shipped config (run from a source checkout)")
     cfg = load_site_config(config)
     mapper = CodeMapper(cfg)
     names = load_concepts().names
@@ -152,7 +156,7 @@ def recode_site(root: Path, config: Path, style_name: str) -> Path:
                              "description": pa.array([None] * len(ordered), pa.string()),
                              "parent_codes": pa.array([None] * len(ordered), pa.list_(pa.string()))}),
                    codes_path(root))
-    shipped = yaml.safe_load((EXAMPLES / style.config).read_text())
+    shipped = yaml.safe_load(shipped_path.read_text())
     shipped["site"] = cfg.site
     shipped["data"] = {"path": str(Path(root).resolve())}
     shipped["state_dir"] = str(cfg.state_dir)
