@@ -35,6 +35,7 @@ from client.privacy import (
 )
 from client.site import ServerSchedule, Site, get_site, site_config_path
 from clin_jepa.curriculum import Phase
+from clin_jepa.data.concepts import check_site_catalog, load_concepts, use_catalog
 from clin_jepa.data.stats import Discretization
 from clin_jepa.federation import FederationConfig, encode_reply, split_groups, unpack_arrays
 from clin_jepa.models import ModelConfig
@@ -46,6 +47,7 @@ app = ClientApp(mods=[contain_errors, refuse_outside_limits])
 
 def _site(context: Context) -> tuple[Site, FederationConfig]:
     fed = FederationConfig.from_run_config(context.run_config)
+    use_catalog(fed.catalog_path())  # the federation's vocabulary; a site config naming another refuses
     if "partition-id" in context.node_config:
         # Simulated sites share the machine's cores: one thread each keeps parallel workers from thrashing.
         torch.set_num_threads(1)
@@ -59,6 +61,8 @@ def statistics(msg: Message, context: Context) -> Message:
     info = ConfigRecord({"site": site.name})
     if what == "identify":
         return Message(RecordDict({"site": info}), reply_to=msg)
+    check_site_catalog(site.name, site.cfg.concept_catalog)  # an error reply: the server leaves it out
+    info["catalog"] = load_concepts().fingerprint()
     # Cells and concept counts behind fewer than the hospital's min-patients patients stay at the site.
     stats = site.statistics().suppressed(min_patients_from(context.node_config))
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.to_arrays().items()})

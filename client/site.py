@@ -29,6 +29,7 @@ import torch
 from client.privacy import site_dp, train_round_with_dp
 from clin_jepa.config import SiteConfig, load_site_config
 from clin_jepa.curriculum import CurriculumConfig, Phase, StepPlan
+from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.dataset import infinite_batches
 from clin_jepa.data.stats import Discretization, SiteStatistics, compute_site_statistics
 from clin_jepa.data.tasks import load_tasks
@@ -94,7 +95,7 @@ def get_site(path: Path) -> Site:
 class Site:
     cfg: SiteConfig
     stamp: int = 0
-    _stats: SiteStatistics | None = None
+    _stats: tuple[str, SiteStatistics] | None = None  # (catalog fingerprint, statistics)
     _tensors: dict[tuple[str, int], SiteTensors] = field(default_factory=dict)
     _model: tuple[tuple[ModelConfig, torch.device, bool], ClinJEPA] | None = None
     _optim: tuple[str, int, torch.optim.Optimizer] | None = None
@@ -104,9 +105,10 @@ class Site:
         return self.cfg.site
 
     def statistics(self) -> SiteStatistics:
-        if self._stats is None:
-            self._stats = compute_site_statistics(self.cfg)
-        return self._stats
+        catalog = load_concepts().fingerprint()
+        if self._stats is None or self._stats[0] != catalog:
+            self._stats = (catalog, compute_site_statistics(self.cfg))
+        return self._stats[1]
 
     def train_tensors(self, disc: Discretization, hours: int) -> SiteTensors:
         key = (disc.fingerprint(), hours)

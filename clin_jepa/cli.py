@@ -43,8 +43,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    from clin_jepa.data.concepts import restored_catalog  # light: the catalog itself loads on first use
+
     try:
-        return int(args._run(args) or 0)
+        with restored_catalog():  # a command's --concepts must not outlive it (main() is also a library call)
+            return int(args._run(args) or 0)
     except ClinJepaError as exc:
         print(f"clin-jepa {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -27,12 +27,25 @@ TRANSPORT_DTYPES = ("float32", "float16")
 
 @dataclass(frozen=True)
 class CodeRule:
-    """Maps a local code (exact, or a regex when ``regex`` is true) to a canonical concept and its unit."""
+    """Maps a local code (exact, or a regex when ``regex`` is true) to a canonical concept and its unit.
+
+    ``scale``/``offset`` (either given) declare the conversion for a unit no library knows:
+    canonical value = value * scale + offset; ``unit`` is then only a label.
+    """
 
     pattern: str
     concept: str
     unit: str | None = None
     regex: bool = False
+    scale: float | None = None
+    offset: float | None = None
+
+    @property
+    def declared(self) -> tuple[float, float] | None:
+        """The site's own ``(scale, offset)``, or None when the units library converts ``unit``."""
+        if self.scale is None and self.offset is None:
+            return None
+        return (1.0 if self.scale is None else self.scale), (0.0 if self.offset is None else self.offset)
 
     def matches(self, code: str) -> bool:
         return compile_regex(self.pattern).fullmatch(code) is not None if self.regex else code == self.pattern
@@ -40,10 +53,47 @@ class CodeRule:
 
 @dataclass(frozen=True)
 class StayDefinition:
-    """An ICU stay runs from an event whose code matches ``start`` to the next matching ``end``."""
+    """A stay runs from an event whose code matches ``start`` to the next matching ``end``.
+
+    ``key`` is the site config key it came from (``stay`` or the older ``icu_stay``); ``name`` labels it in
+    reports (``icu`` unless the site names it, e.g. ``ward`` or ``ed``).
+    """
 
     start: str
     end: str
+    name: str = "icu"
+    key: str = "icu_stay"
+    min_hours: int = 24  # a shorter stay is not used
+    context_hours: int = 24  # the prediction time: the patient must be alive then for the stay to be used
+
+    def describe(self) -> str:
+        return (f"{self.name} stays ({self.key}: {self.start!r} -> {self.end!r}; used if >= "
+                f"{self.min_hours} h and alive at {self.context_hours} h)")
+
+
+# Content problems real extracts have; each is an error unless the site's data_quality says otherwise.
+QUALITY_RULES = ("events_after_death", "events_before_birth", "out_of_range", "negative_values",
+                 "duplicates")
+QUALITY_ACTIONS = ("error", "drop", "keep")
+
+
+@dataclass(frozen=True)
+class DataQuality:
+    """What to do with each kind of content problem (``QUALITY_RULES``): ``error``, ``drop`` or ``keep``.
+
+    ``out_of_range`` alone defaults to ``keep``: the catalog's range was, before policies existed, only the
+    span of the shared histograms (values outside fall into its edge cells), and datasets that validated
+    then must still validate.
+    """
+
+    events_after_death: str = "error"
+    events_before_birth: str = "error"
+    out_of_range: str = "keep"
+    negative_values: str = "error"
+    duplicates: str = "error"
+
+    def drops(self, rule: str) -> bool:
+        return getattr(self, rule) == "drop"
 
 
 @dataclass(frozen=True)
@@ -82,6 +132,8 @@ class SiteConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: Path | None = None
     limits: SiteLimits = field(default_factory=SiteLimits)
+    data_quality: DataQuality = field(default_factory=DataQuality)
+    concept_catalog: Path | None = None  # the catalog this hospital agreed to; None = the run's
 
     def is_ignored(self, code: str) -> bool:
         return any(compile_regex(p).fullmatch(code) for p in self.ignore_codes)
@@ -143,9 +195,10 @@ def _code_rules(raw: Any, path: str) -> tuple[CodeRule, ...]:
         p = f"{path}[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(f"{p}: expected a mapping with code or regex, concept and unit")
-        unknown = set(item) - {"code", "regex", "concept", "unit"}
+        unknown = set(item) - {"code", "regex", "concept", "unit", "scale", "offset"}
         if unknown:
-            raise ConfigError(f"{p}: unknown key(s) {sorted(unknown)}; allowed: code, regex, concept, unit")
+            raise ConfigError(f"{p}: unknown key(s) {sorted(unknown)}; allowed: code, regex, concept, unit, "
+                              f"scale, offset")
         if ("code" in item) == ("regex" in item):
             raise ConfigError(f"{p}: give exactly one of 'code' (exact match) or 'regex'")
         is_regex = "regex" in item
@@ -153,7 +206,13 @@ def _code_rules(raw: Any, path: str) -> tuple[CodeRule, ...]:
         if is_regex:
             _regex(pattern, f"{p}.regex")
         unit = _get(item, "unit", p, str, None)
-        rules.append(CodeRule(pattern, _get(item, "concept", p, str), unit, is_regex))
+        scale = _get(item, "scale", p, (int, float, type(None)), None)
+        offset = _get(item, "offset", p, (int, float, type(None)), None)
+        if scale is not None and not (math.isfinite(scale) and scale != 0):
+            raise ConfigError(f"{p}.scale: must be a finite non-zero number, got {scale}")
+        if offset is not None and not math.isfinite(offset):
+            raise ConfigError(f"{p}.offset: must be a finite number, got {offset}")
+        rules.append(CodeRule(pattern, _get(item, "concept", p, str), unit, is_regex, scale, offset))
     return tuple(rules)
 
 
@@ -199,6 +258,33 @@ def _limits(raw: dict[str, Any], device: str) -> SiteLimits:
                       compile=_get(raw, "compile", "limits", bool, False))
 
 
+def _quality(raw: dict[str, Any]) -> DataQuality:
+    _only(raw, QUALITY_RULES, "data_quality")
+    for rule, action in raw.items():
+        if action not in QUALITY_ACTIONS:
+            raise ConfigError(f"data_quality.{rule}: {action!r} is not one of {list(QUALITY_ACTIONS)}")
+    return DataQuality(**raw)
+
+
+def _stay(raw: dict[str, Any]) -> StayDefinition:
+    """``stay:`` (any admission/discharge pair) or the older ``icu_stay:``; not both."""
+    if ("stay" in raw) == ("icu_stay" in raw):
+        raise ConfigError("site config: give exactly one of 'stay' (or its older name 'icu_stay') with start "
+                          "and end code regexes")
+    key = "stay" if "stay" in raw else "icu_stay"
+    stay = _only(_get(raw, key, "site config", dict), ("start", "end", "name", "min_hours", "context_hours"),
+                 key)
+    name = _get(stay, "name", key, str, "icu")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name):
+        raise ConfigError(f"{key}.name: {name!r} must be 1-32 letters, digits, '_' or '-'")
+    hours = {k: _get(stay, k, key, int, getattr(StayDefinition, k)) for k in ("min_hours", "context_hours")}
+    for k, v in hours.items():
+        if not 1 <= v <= 24 * 365:
+            raise ConfigError(f"{key}.{k}: must be between 1 and {24 * 365} hours, got {v}")
+    return StayDefinition(_regex(_get(stay, "start", key, str), f"{key}.start"),
+                          _regex(_get(stay, "end", key, str), f"{key}.end"), name, key, **hours)
+
+
 def _resolve(path: Path, key: str) -> Path:
     try:
         return path.resolve()
@@ -216,8 +302,8 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     """Build a :class:`SiteConfig` from parsed YAML; relative paths resolve against ``base_dir``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source or 'site config'}: expected a YAML mapping at the top level")
-    allowed = {"site", "data", "icu_stay", "code_map", "ignore_codes", "max_unmapped_share", "training",
-               "state_dir", "privacy", "limits"}
+    allowed = {"site", "data", "stay", "icu_stay", "code_map", "ignore_codes", "max_unmapped_share",
+               "training", "state_dir", "privacy", "limits", "data_quality", "concept_catalog"}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"site config: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -227,7 +313,6 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
         raise ConfigError(f"site: {site!r} must be 1-64 letters, digits, '_', '.', '-', start with a letter "
                           f"or digit and not contain '..'")
     data = _only(_get(raw, "data", "site config", dict), ("path",), "data")
-    stay = _only(_get(raw, "icu_stay", "site config", dict), ("start", "end"), "icu_stay")
     training = _only(_get(raw, "training", "site config", dict, {}), ("batch_size", "device"), "training")
     device = _get(training, "device", "training", str, "cpu")
     if device not in DEVICES:
@@ -242,8 +327,7 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     return SiteConfig(
         site=site,
         data_path=_resolve(base_dir / _get(data, "path", "data", str), "data.path"),
-        stay=StayDefinition(_regex(_get(stay, "start", "icu_stay", str), "icu_stay.start"),
-                            _regex(_get(stay, "end", "icu_stay", str), "icu_stay.end")),
+        stay=_stay(raw),
         code_map=_code_rules(_get(raw, "code_map", "site config", list), "code_map"),
         ignore_codes=tuple(_regex(_ignore_item(p, i), f"ignore_codes[{i}]") for i, p in enumerate(ignore)),
         max_unmapped_share=float(share),
@@ -254,6 +338,9 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
         privacy=_privacy(_get(raw, "privacy", "site config", dict, {}), "privacy"),
         source=source,
         limits=_limits(_get(raw, "limits", "site config", dict, {}), device),
+        data_quality=_quality(_get(raw, "data_quality", "site config", dict, {})),
+        concept_catalog=(None if (cat := _get(raw, "concept_catalog", "site config", str, "")) == ""
+                         else _resolve(base_dir / cat, "concept_catalog")),
     )
 
 

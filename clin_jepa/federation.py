@@ -83,6 +83,7 @@ class FederationConfig:
     transport_dtype: str = "float32"  # float16: replies carry the round's update (trained - received) in fp16
     device: str = ""  # "" = each site's training.device; cpu | cuda | auto overrides it at every site
     compile: bool = False  # torch.compile the networks at the sites
+    concept_catalog: str = ""  # the federation's concept catalog (a YAML path); "" = the packaged one
 
     def __post_init__(self) -> None:
         for name in ("num_rounds", "local_steps", "min_sites", "n_bins", "hours"):
@@ -193,6 +194,10 @@ class FederationConfig:
         d["curriculum"] = CurriculumConfig.from_dict(d.get("curriculum", {}))
         d["site_configs"] = tuple(d.get("site_configs", ()))
         return cls(**d)
+
+    def catalog_path(self) -> Path | None:
+        """The run's concept catalog file, or None for the packaged catalog."""
+        return self.resolve(self.concept_catalog) if self.concept_catalog else None
 
     def resolve(self, path: str, base: Path | None = None) -> Path:
         """A run-config path made absolute against ``base`` (default: the working directory)."""

@@ -49,6 +49,8 @@ _SAFE_KEYS = (
     "base-momentum", "align-momentum", "frozen-fraction", "round-timeout", "dp-central",
     "dp-sample-epsilon", "dp-sample-delta", "dp-sample-max-grad-norm", "dp-sample-noise-multiplier",
     "dp-sample-mode", "dp-sample-accountant", "site-configs",
+    # the vocabulary: a site whose config names another catalog refuses at the statistics round
+    "concept-catalog",
     # read by the server only (the ClientApp parses them with the rest and ignores them)
     "preset", "n-bins", "checkpoint-dir", "resume-from", "stop-after", "min-sites", "max-norm-ratio",
     "dp-noise-multiplier", "dp-clipping-norm", "dp-central-delta", "signing-key", "fraction-train",

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 
 from clin_jepa.cli import main as clin_jepa_cli
 from clin_jepa.config import load_site_config
+from clin_jepa.data.concepts import check_catalog, use_catalog
 from clin_jepa.errors import ClinJepaError, ConfigError
 from clin_jepa.federation import FederationConfig, RoundPlan, decode_reply, plan_round
 from server.checks import screen_replies
@@ -61,9 +62,11 @@ def ensure_site_data(cfg: FederationConfig) -> None:
 
 def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
     out_dir = cfg.resolve(cfg.checkpoint_dir)
+    log(INFO, "Vocabulary: %s", use_catalog(cfg.catalog_path()).describe())
     ensure_site_data(cfg)
     if cfg.resume_from:
         state = resume_state(cfg, cfg.resolve(cfg.resume_from))
+        check_catalog(state.disc.catalog, f"the checkpoint in {cfg.resume_from}")
         roster = query_sites(grid, cfg, "identify")
         truncate_metrics(out_dir, state.round)
         log(INFO, "Resuming after round %d from %s", state.round, cfg.resume_from)

@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
+from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.stats import Discretization, SiteStatistics, merge_statistics, quantile_edges
 from clin_jepa.errors import ClinJepaError
 from clin_jepa.federation import FederationConfig
@@ -74,6 +75,7 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
     if len(nodes) < expected:
         log(WARNING, "Only %d node(s) for %d site config(s): in simulation run `flwr run . "
             "--federation-config 'num-supernodes=%d'`", len(nodes), expected, expected)
+    catalog = load_concepts()
     content = RecordDict({"config": ConfigRecord({"what": what})})
     messages = [Message(content, dst_node_id=n, message_type=QUERY) for n in nodes]
     roster = SiteRoster()
@@ -93,6 +95,11 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
                 continue
             if name in roster.sites.values():
                 roster.problems[node] = f"site {name!r} is already played by another node"
+                continue
+            theirs = str(msg.content["site"].get("catalog", ""))
+            if what == "statistics" and theirs != catalog.fingerprint():
+                roster.problems[node] = (f"site {name!r} tokenizes with concept catalog {theirs[:12]}, not "
+                                         f"the run's {catalog.describe()}")
                 continue
             try:
                 if what == "statistics":

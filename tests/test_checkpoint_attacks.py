@@ -37,8 +37,9 @@ def pki(tmp_path_factory):
 
 
 def _disc():
-    stats = SiteStatistics.from_arrays({"hist": np.ones((16, 512), np.int64), "counts": np.ones(22, np.int64),
-                                        "n_subjects": np.array([5]), "n_stays": np.array([5])})
+    stats = SiteStatistics.from_arrays({**SiteStatistics.empty().to_arrays(), "n_subjects": np.array([5]),
+                                        "n_stays": np.array([5])})
+    stats.hist[:16] = 1  # every cell of the 16 original measurements (the catalog's others stay empty)
     return quantile_edges(stats, 10)
 
 

@@ -23,8 +23,16 @@ from clin_jepa.data.harmonize import (
     harmonize,
 )
 from clin_jepa.data.meds import NAT, iter_shards, shard_paths
+from clin_jepa.errors import ConfigError
 
-ALL_UNITS = [(c.name, u) for c in load_concepts().measurements for u in c.unit_names]
+# every unit the synthetic sites and the shipped example configs write, and the UCUM spellings of issue 13
+ALL_UNITS = [("heart_rate", "bpm"), ("heart_rate", "/min"), ("sbp", "mm[Hg]"), ("sbp", "kPa"),
+             ("temperature", "Cel"), ("temperature", "[degF]"), ("temperature", "degF"),
+             ("creatinine", "umol/L"), ("creatinine", "mg/dL"), ("bun", "mmol/L"), ("glucose", "mmol/L"),
+             ("lactate", "mg/dL"), ("hemoglobin", "g/L"), ("hemoglobin", "mmol/L"), ("wbc", "/uL"),
+             ("wbc", "10*3/uL"), ("wbc", "10^9/L"), ("wbc", "K/uL"), ("platelets", "10*3/uL"),
+             ("spo2", "fraction"), ("fio2", "%"), ("bilirubin", "umol/L"), ("albumin", "g/L"),
+             ("gcs_total", "{score}"), ("ph", "[pH]"), ("inr", "{INR}"), ("urine_output", "mL/h")]
 
 
 @pytest.mark.parametrize(("concept", "unit"), ALL_UNITS)
@@ -42,15 +50,26 @@ def test_unit_conversion_round_trips(concept: str, unit: str, x: float) -> None:
     ("hemoglobin", "g/L", 140.0, 14.0), ("hemoglobin", "mmol/L", 5.0, 8.055),
     ("bun", "mmol/L", 10.0, 28.0), ("glucose", "mmol/L", 5.55, 99.9888), ("lactate", "mg/dL", 9.01, 1.0),
     ("spo2", "fraction", 0.95, 95.0), ("sodium", "mEq/L", 140.0, 140.0), ("wbc", "K/uL", 12.0, 12.0),
+    ("wbc", "/uL", 12000.0, 12.0), ("wbc", "10*3/uL", 7.5, 7.5), ("wbc", "10^9/L", 7.5, 7.5),
+    ("sbp", "mm[Hg]", 120.0, 120.0), ("temperature", "Cel", 37.0, 37.0),
+    ("temperature", "[degF]", 212.0, 100.0),
+    ("glucose", "mg/dL", 90.0, 90.0), ("bilirubin", "umol/L", 17.10396, 1.0), ("fio2", "fraction", 0.4, 40.0),
+    ("albumin", "g/L", 35.0, 3.5),
 ])
 def test_known_conversions(concept: str, unit: str, local: float, canonical: float) -> None:
     assert to_canonical(np.array([local]), concept, unit)[0] == pytest.approx(canonical, rel=1e-6)
 
 
-def test_every_accepted_unit_list_starts_with_the_canonical_unit() -> None:
+def test_every_canonical_unit_converts_to_itself_exactly() -> None:
     for c in load_concepts().measurements:
-        assert c.unit_names[0] == c.unit and c.conversion(c.unit) == (1.0, 0.0)
+        assert c.conversion(c.unit) == (1.0, 0.0)
         assert c.lo < c.hi
+
+
+@pytest.mark.parametrize(("concept", "unit"), [("wbc", "mg/dL"), ("sodium", "degF"), ("sbp", "furlongs")])
+def test_a_unit_the_library_cannot_convert_is_a_config_error(concept: str, unit: str) -> None:
+    with pytest.raises(ConfigError, match=repr(unit)):
+        load_concepts().get(concept).conversion(unit)
 
 
 def test_two_sites_with_different_units_harmonize_to_the_same_values(make_site) -> None:

@@ -187,8 +187,9 @@ def test_client_refuses_hostile_run_ids_and_changed_privacy_settings(one_site, t
 def test_server_refuses_resume_with_changed_dp_settings(tmp_path):
     from server.state import ServerState, resume_state, save_round
 
-    stats = SiteStatistics.from_arrays({"hist": np.ones((16, 512), np.int64), "counts": np.ones(22, np.int64),
-                                        "n_subjects": np.array([5]), "n_stays": np.array([5])})
+    stats = SiteStatistics.from_arrays({**SiteStatistics.empty().to_arrays(), "n_subjects": np.array([5]),
+                                        "n_stays": np.array([5])})
+    stats.hist[:16] = 1  # every cell of the 16 original measurements (the catalog's others stay empty)
     cfg = FederationConfig(num_rounds=2, local_steps=1, preset="tiny", hours=24, dp_sample_epsilon=2.0)
     state = ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))
     state.round = 1

@@ -20,6 +20,7 @@ from flwr.app.metadata import Metadata
 
 from client.client_app import app
 from clin_jepa.curriculum import PHASES
+from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.stats import SiteStatistics, quantile_edges
 from clin_jepa.federation import FederationConfig, plan_round
 from server.state import ServerState
@@ -87,7 +88,8 @@ def test_every_reply_carries_only_allowlisted_arrays_and_metrics(site):
     assert set(arrays) == STATISTICS_ARRAYS
     assert arrays["hist"].dtype.kind in "iu" and arrays["counts"].dtype.kind in "iu"  # counts, not values
     _check_metrics(reply.content["metrics"], {"num-examples"}, "statistics reply")
-    assert dict(reply.content["site"]) == {"site": "hospital_a"}
+    # the site's name and the fingerprint of the (public) concept catalog it tokenizes with, nothing else
+    assert dict(reply.content["site"]) == {"site": "hospital_a", "catalog": load_concepts().fingerprint()}
 
     stats = SiteStatistics.from_arrays(arrays)
     state = ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))

@@ -111,7 +111,9 @@ def test_a_deployed_node_trains_under_every_safe_key(site, round_one):
     """Every safe key at a non-default value at once (fraction-train < 1 cannot go with dp-central):
     the site trains, ignores the server-only keys and the simulation's site-configs, and the
     coordinator's DP request only adds privacy."""
-    run_config = {k: v for k, v in SAFE_VALUES.items() if k != "fraction-train"}
+    # (concept-catalog is left out: another catalog than the one round_one's discretization was made under
+    # is refused at the site, by design: test_catalog_flower.py)
+    run_config = {k: v for k, v in SAFE_VALUES.items() if k not in ("fraction-train", "concept-catalog")}
     # its own run: a site pins a run's DP settings at its first round (client.privacy)
     reply = ask(with_config(round_one, **{"run-id": "safe-keys"}), run_config, deployed(site))
     assert not reply.has_error(), reply.error

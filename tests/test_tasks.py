@@ -145,7 +145,7 @@ def test_tasks_are_declared_not_hard_coded(tmp_path: Path, make_site) -> None:
      "an open end (null) is only allowed for kind death"),
     ({"name": "x", "kind": "death", "window": [24, None], "horizon": 3}, "unknown key(s) ['horizon']"),
     ({"name": "x", "kind": "threshold", "concept": "sodium", "op": "<", "value": 1, "window": [24, 48],
-      "exclude_if_abnormal_before": "yes"}, "exclude_if_abnormal_before: expected true or false"),
+      "exclude_if_abnormal_before": "yes"}, "exclude_if_abnormal_before: expected true, false or any"),
     ({"name": "x", "kind": "death", "window": [24, None], "exclude_if_abnormal_before": True},
      "exclude_if_abnormal_before: only allowed for kind threshold"),
 ])

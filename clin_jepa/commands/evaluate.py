@@ -7,6 +7,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from clin_jepa.data.concepts import add_catalog_argument
 from clin_jepa.errors import ConfigError
 
 HELP = "evaluate checkpoint(s) on the sites' held-out stays; writes metrics.json, report.md and PNG plots"
@@ -32,6 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-key", metavar="PEM",
                         help="verify each CKPT.sig with this coordinator public key before loading")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--tasks", nargs="+", metavar="NAME", default=(),
+                        help="probe these tasks, by name (default: the 8 packaged ICU tasks; meds_dev_* are "
+                             "the MEDS-DEV threshold variants)")
+    parser.add_argument("--label-files", metavar="DIR", default="",
+                        help="MEDS label files DIR/<task>.parquet (subject_id, prediction_time = stay "
+                             "start + --context hours, boolean_value), e.g. from ACES, used instead of the "
+                             "task definitions")
+    parser.add_argument("--context", type=int, default=24, metavar="H",
+                        help="prediction time in hours after the stay start: probes read hours < H "
+                             "(default 24)")
+    parser.add_argument("--horizon", type=int, default=48, metavar="H",
+                        help="hours after the prediction time that rollout drift and displacement cover "
+                             "(default 48)")
+    add_catalog_argument(parser)
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:
@@ -45,12 +60,15 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clin_jepa.data.concepts import use_catalog
     from clin_jepa.evaluation.baselines import GRUSettings
     from clin_jepa.evaluation.report import fmt
     from clin_jepa.evaluation.runner import EvalSettings, evaluate
 
-    if args.bootstrap < 0 or (args.gru_epochs is not None and args.gru_epochs < 1):
-        raise ConfigError("--bootstrap must be >= 0 and --gru-epochs >= 1")
+    use_catalog(args.concepts)
+    if (args.bootstrap < 0 or (args.gru_epochs is not None and args.gru_epochs < 1) or args.context < 1
+            or args.horizon < 1):
+        raise ConfigError("--bootstrap must be >= 0 and --gru-epochs, --context, --horizon >= 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file; the report needs a folder")
     if args.public_key:
@@ -68,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from clin_jepa.device import resolve_device
 
     device = str(resolve_device(args.device, "--device"))  # ConfigError, not a CUDA traceback, if absent
-    settings = EvalSettings(bootstrap=args.bootstrap, seed=args.seed, device=device,
+    if args.label_files and args.tasks:
+        raise ConfigError("give --tasks or --label-files, not both")
+    settings = EvalSettings(context=args.context, horizon=args.horizon, tasks=tuple(args.tasks),
+                            label_files=args.label_files,
+                            bootstrap=args.bootstrap, seed=args.seed, device=device,
                             baselines=not args.no_baselines, gru_seeds=tuple(args.gru_seeds),
                             gru=GRUSettings(seed=args.seed, epochs=args.gru_epochs or GRUSettings.epochs),
                             ground_truth=args.ground_truth)
@@ -80,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             stack.enter_context(verified_loads(checkpoint_verifier(args.public_key)))
         metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
                            progress=not args.quiet)
-    print(f"wrote {args.out}/metrics.json, report.md and plots")
+    print(f"wrote {args.out}/metrics.json, report.md, plots, labels/ and predictions/ (MEDS label files)")
     for label, m in metrics["models"].items():
         d, g, p = m["drift"], m["geometry"], m.get("paired")
         hidden = "" if g["hidden"] is None else f", hidden-cohort {fmt(g['hidden']['ratio'])}"

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="afterwards read each site back and print per task its positive rate and the "
                              "held-out AUROC of a last-observed-value logistic regression")
+    parser.add_argument("--code-style", choices=("native", "mimic-iv-meds", "eicu-meds"), default="native",
+                        help="write each hospital in its own codes and units (native, default) or recode it "
+                             "as the MIMIC-IV-MEDS / eICU-MEDS ETL writes it, with the shipped "
+                             "site_configs/examples/ config as its YAML")
     parser.add_argument("--force", action="store_true",
                         help="allow a non-empty DIR and replace the hospitals and YAMLs this command writes")
 
@@ -39,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
                           f"got {args.patients}")
     start = time.perf_counter()
     outputs = synthesize(args.out, args.sites, args.patients, args.seed, args.force, args.subjects_per_shard)
+    if args.code_style != "native":
+        from clin_jepa.data.synth.code_styles import recode_site
+
+        for o in outputs:
+            recode_site(o.root, o.config, args.code_style)
     for o in outputs:
         c = o.counts
         print(f"{o.site}: {c['subjects']} subjects, {c['stays']} ICU stays, {c['events']} events in "

@@ -16,6 +16,7 @@ RUN_SETTINGS = ("preset", "steps", "mode", "seed", "batch_size", "lr", "log_ever
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from clin_jepa.curriculum import MODES
+    from clin_jepa.data.concepts import add_catalog_argument
     from clin_jepa.models import PRESETS
 
     parser.add_argument("--sites", nargs="+", required=True, metavar="YAML",
@@ -44,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one setting of the model (e.g. model.obs_horizons=0), the loss "
                              "(loss.context_mask=0.2) or the curriculum (curriculum.warmup=0.2); repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_catalog_argument(parser)
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -70,10 +72,12 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from clin_jepa.config import load_site_config
     from clin_jepa.curriculum import CurriculumConfig
+    from clin_jepa.data.concepts import use_catalog
     from clin_jepa.errors import ConfigError
     from clin_jepa.losses import LossConfig
     from clin_jepa.trainer import TrainerConfig, train_centralized
 
+    use_catalog(args.concepts)
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in RUN_SETTINGS if getattr(args, k) is not None]
         if given or args.compile or args.overrides:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clin_jepa.config import load_site_config
+from clin_jepa.config import SiteConfig, load_site_config
+from clin_jepa.data.concepts import add_catalog_argument, check_site_catalog, use_catalog
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.validate import validate_site
 from clin_jepa.errors import ClinJepaError
@@ -18,14 +19,35 @@ HELP = "check site configs and their MEDS datasets; print a summary or every pro
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", nargs="+", metavar="SITE_YAML", help="site config file(s)")
+    add_catalog_argument(parser)
+    parser.add_argument("--tasks", nargs="+", metavar="NAME", default=None,
+                        help="tasks whose positive rates to report, by name (default: the 8 packaged ICU "
+                             "tasks; meds_dev_* are the MEDS-DEV threshold variants)")
+    parser.add_argument("--suggest", action="store_true",
+                        help="also print code_map entries for unmapped codes, proposed from "
+                             "metadata/codes.parquet (descriptions, LOINC parent codes, units), as YAML")
+
+
+def _print_suggestions(cfg: SiteConfig) -> None:
+    from clin_jepa.data.concepts import load_concepts
+    from clin_jepa.data.suggest import suggest, suggestions_yaml
+
+    units = {c.name: c.unit for c in load_concepts().measurements + load_concepts().treatments}
+    print(f"# site {cfg.site}\n" + suggestions_yaml(suggest(cfg), units))
 
 
 def run(args: argparse.Namespace) -> int:
-    tasks = load_tasks()
+    tasks = load_tasks(names=args.tasks)
     failed = 0
     for path in args.configs:
         try:
-            summary = validate_site(load_site_config(path), tasks)
+            cfg = load_site_config(path)
+            # without --concepts a site is checked against the catalog it agreed to (or the packaged one)
+            use_catalog(args.concepts or cfg.concept_catalog)
+            check_site_catalog(cfg.site, cfg.concept_catalog)
+            if args.suggest:
+                _print_suggestions(cfg)
+            summary = validate_site(cfg, tasks)
         except ClinJepaError as exc:
             failed += 1
             print(f"{path}: INVALID\n{exc}", file=sys.stderr)  # one paragraph: no blank line

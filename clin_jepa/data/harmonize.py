@@ -8,7 +8,7 @@ overlap; a stay ends at the first end code after its start or at death, whicheve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import meds
 import numpy as np
@@ -16,6 +16,8 @@ import numpy as np
 from clin_jepa.config import CodeRule, SiteConfig, compile_regex
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.meds import NAT, Shard
+from clin_jepa.data.quality import apply_policy, drop_rules, flag_rows, take_rows
+from clin_jepa.errors import ConfigError
 
 HOUR_US = 3_600_000_000
 CATEGORIES = ("stay", "special", "mapped", "ignored", "unmapped")
@@ -24,42 +26,50 @@ SPECIAL_CODES = (meds.birth_code, meds.death_code)
 MIN_STAY_HOURS = 24
 
 
+def rule_conversion(rule: CodeRule) -> tuple[int, float, float]:
+    """``(concept index, scale, offset)`` of one code_map rule; ConfigError saying why it cannot be used.
+
+    A rule's own ``scale``/``offset`` win over the units library (for a unit no library knows).
+    """
+    table = load_concepts()
+    try:
+        concept = table.get(rule.concept)
+    except KeyError:
+        raise ConfigError(f"concept: unknown concept {rule.concept!r}; {table.describe()} has "
+                          f"{', '.join(table.names)}") from None
+    if concept.kind == "treatment":
+        if rule.unit is not None or rule.declared is not None:
+            raise ConfigError(f"unit: {rule.concept!r} is a treatment and takes no unit, scale or offset")
+        return table.index(rule.concept), 1.0, 0.0
+    if rule.declared is not None:
+        return (table.index(rule.concept), *rule.declared)
+    if rule.unit is None:
+        raise ConfigError(f"unit: required for measurement concept {rule.concept!r} (canonical unit "
+                          f"{concept.unit!r}), or declare scale/offset")
+    try:
+        scale, offset = concept.conversion(rule.unit)
+    except ConfigError as exc:
+        raise ConfigError(f"unit: {exc}; declare scale/offset for a unit no library knows") from None
+    return table.index(rule.concept), scale, offset
+
+
 def rule_problems(cfg: SiteConfig) -> list[str]:
     """Problems with the code map itself: unknown concept names, missing or unconvertible units."""
-    table = load_concepts()
     problems = []
     for i, rule in enumerate(cfg.code_map):
-        key = f"code_map[{i}] ({'regex' if rule.regex else 'code'} {rule.pattern!r})"
         try:
-            concept = table.get(rule.concept)
-        except KeyError:
-            problems.append(f"{key}.concept: unknown concept {rule.concept!r}; allowed: "
-                            f"{', '.join(table.names)}")
-            continue
-        if concept.kind == "measurement":
-            if rule.unit is None:
-                problems.append(f"{key}.unit: required for measurement concept {rule.concept!r}; allowed: "
-                                f"{', '.join(concept.unit_names)}")
-            elif rule.unit not in concept.unit_names:
-                problems.append(f"{key}.unit: {rule.unit!r} cannot be converted to {concept.unit} for "
-                                f"{rule.concept!r}; allowed: {', '.join(concept.unit_names)}")
+            rule_conversion(rule)
+        except ConfigError as exc:
+            problems.append(f"code_map[{i}] ({'regex' if rule.regex else 'code'} {rule.pattern!r}).{exc}")
     return problems
 
 
 def _usable(rule: CodeRule) -> tuple[int, float, float] | None:
     """``(concept index, scale, offset)`` for a valid rule; None for one that ``rule_problems`` reports."""
-    table = load_concepts()
     try:
-        concept = table.get(rule.concept)
-    except KeyError:
+        return rule_conversion(rule)
+    except ConfigError:
         return None
-    if concept.kind == "treatment":
-        return table.index(rule.concept), 1.0, 0.0
-    try:
-        scale, offset = concept.conversion(rule.unit or "")
-    except KeyError:
-        return None
-    return table.index(rule.concept), scale, offset
 
 
 @dataclass
@@ -138,6 +148,9 @@ class Harmonized:
     info: CodeInfo
     concept: np.ndarray  # int16 per event
     value: np.ndarray  # float64 per event, canonical unit
+    dropped: dict[str, int] = field(default_factory=dict)  # events removed per data_quality rule
+    min_hours: int = MIN_STAY_HOURS  # the site's stay.min_hours and stay.context_hours
+    context_hours: int = MIN_STAY_HOURS
 
     def code_counts(self) -> np.ndarray:
         """Events per distinct code of the shard (aligned with ``shard.codes``)."""
@@ -145,18 +158,28 @@ class Harmonized:
 
 
 def harmonize(shard: Shard, mapper: CodeMapper) -> Harmonized:
+    """Map one shard's codes and values, after removing the rows its ``data_quality`` policy drops."""
     info = mapper.code_info(shard.codes)
     idx = shard.code_index
     concept = info.concept[idx]
     value = shard.value * info.scale[idx] + info.offset[idx]
-    return Harmonized(shard, info, concept, value)
+    rules = drop_rules(mapper.cfg.data_quality)
+    hours = {"min_hours": mapper.cfg.stay.min_hours, "context_hours": mapper.cfg.stay.context_hours}
+    if not rules:
+        return Harmonized(shard, info, concept, value, **hours)
+    flags = flag_rows(shard, concept, value, info.is_birth, info.is_death, rules)
+    keep, dropped = apply_policy(flags, mapper.cfg.data_quality, len(shard))
+    if not keep.all():
+        shard, concept, value = take_rows(shard, keep), concept[keep], value[keep]
+    return Harmonized(shard, info, concept, value, dropped, **hours)
 
 
 @dataclass
 class Stays:
     """ICU stays of one shard, sorted by (subject, start). Times are int64 microseconds.
 
-    ``eligible``: lasts >= 24 h and the subject is alive 24 h after the start.
+    ``eligible``: lasts >= ``stay.min_hours`` (24) and the subject is alive ``stay.context_hours`` (24)
+    after the start.
     """
 
     subject: np.ndarray
@@ -222,9 +245,8 @@ def find_stays(h: Harmonized) -> Stays:
     death = _time_per_subject(s.subject, s.time, np.flatnonzero(h.info.is_death[code_rows]), st_subj)
     dies_in = (death != NAT) & (death > st_start) & (death < st_end)
     st_end = np.where(dies_in, death, st_end)
-    day = MIN_STAY_HOURS * HOUR_US
-    alive_at_24 = (death == NAT) | (death > st_start + day)
-    eligible = (st_end - st_start >= day) & alive_at_24
+    alive_at_context = (death == NAT) | (death > st_start + h.context_hours * HOUR_US)
+    eligible = (st_end - st_start >= h.min_hours * HOUR_US) & alive_at_context
     return Stays(st_subj, st_start, st_end, birth, death, eligible)
 
 

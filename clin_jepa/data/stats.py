@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clin_jepa.config import SiteConfig
-from clin_jepa.data.concepts import load_concepts
+from clin_jepa.data.concepts import check_site_catalog, load_concepts
 from clin_jepa.data.harmonize import CodeMapper, find_stays, harmonize
 from clin_jepa.data.meds import NAT, SPLIT_CODE, iter_shards, read_splits
 from clin_jepa.errors import ClinJepaError
@@ -135,6 +135,7 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
     not depend on the stay definition; ``n_subjects`` counts train subjects with at least one timed
     event, ``n_stays`` their eligible stays.
     """
+    check_site_catalog(cfg.site, cfg.concept_catalog)
     splits = read_splits(cfg.data_path)
     train_ids = np.array(sorted(s for s, code in splits.items() if code == SPLIT_CODE["train"]), np.int64)
     mapper = CodeMapper(cfg)
@@ -166,17 +167,22 @@ class Discretization:
     treatments: tuple[str, ...]
     n_bins: int = DEFAULT_BINS
     edges: dict[str, np.ndarray] = field(default_factory=dict)
+    catalog: str = ""  # fingerprint of the concept catalog it was computed under ("" = before catalogs)
 
     def to_dict(self) -> dict:
-        return {"concepts": list(self.concepts), "treatments": list(self.treatments), "n_bins": self.n_bins,
-                "edges": {c: [float(x) for x in self.edges[c]] for c in self.concepts}}
+        out = {"concepts": list(self.concepts), "treatments": list(self.treatments), "n_bins": self.n_bins,
+               "edges": {c: [float(x) for x in self.edges[c]] for c in self.concepts}}
+        if self.catalog:  # absent for discretizations from before catalogs, so their fingerprints hold
+            out["catalog"] = self.catalog
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> Discretization:
         try:
             concepts = tuple(str(c) for c in d["concepts"])
             edges = {c: np.asarray(d["edges"][c], dtype=np.float64) for c in concepts}
-            disc = cls(concepts, tuple(str(t) for t in d["treatments"]), int(d["n_bins"]), edges)
+            disc = cls(concepts, tuple(str(t) for t in d["treatments"]), int(d["n_bins"]), edges,
+                       str(d.get("catalog", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ClinJepaError(f"discretization: malformed ({exc!r}); expected concepts, treatments, "
                                 "n_bins, edges") from None
@@ -217,4 +223,4 @@ def quantile_edges(stats: SiteStatistics, n_bins: int = DEFAULT_BINS) -> Discret
         width = (concept.hi - concept.lo) / HIST_CELLS
         concepts.append(concept.name)
         edges[concept.name] = concept.lo + (cell + frac) * width
-    return Discretization(tuple(concepts), table.treatment_names, n_bins, edges)
+    return Discretization(tuple(concepts), table.treatment_names, n_bins, edges, table.fingerprint())

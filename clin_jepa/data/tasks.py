@@ -9,7 +9,11 @@ left-open, right-closed: (from_h, to_h].
 A threshold task may set ``exclude_if_abnormal_before: true`` (default false) to ask about a *new*
 abnormality, as incident-event tasks do (AKI prediction leaves out stays already in AKI): the label is
 NaN for a stay whose last value of the concept in [0, from_h] already crosses the threshold; a stay with
-no value before the window keeps its label.
+no value before the window keeps its label. ``exclude_if_abnormal_before: any`` excludes a stay when *any*
+value in [0, from_h] crosses (MEDS-DEV's "must not have shown abnormal values previously").
+
+Tasks live in ``clin_jepa/tasks/*.yaml`` (the default set) and ``clin_jepa/tasks/meds_dev/*.yaml`` (the
+MEDS-DEV threshold variants, chosen by name: ``load_tasks(names=[...])``, ``--tasks``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class TaskSpec:
     concept: str | None = None
     op: str | None = None
     value: float | None = None
-    exclude_if_abnormal_before: bool = False
+    exclude_if_abnormal_before: bool | str = False  # True (last value before), "any", False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,8 +80,9 @@ def parse_task(raw: object, source: str) -> TaskSpec:
         if "exclude_if_abnormal_before" in raw:
             raise ConfigError(f"{source}: exclude_if_abnormal_before: only allowed for kind threshold")
         return TaskSpec(name, kind, win)
-    if not isinstance(exclude, bool):
-        raise ConfigError(f"{source}: exclude_if_abnormal_before: expected true or false, got {exclude!r}")
+    if not isinstance(exclude, bool) and exclude != "any":
+        raise ConfigError(f"{source}: exclude_if_abnormal_before: expected true, false or any, "
+                          f"got {exclude!r}")
     measurements = load_concepts().measurement_names
     concept, op, value = raw.get("concept"), raw.get("op"), raw.get("value")
     if concept not in measurements:
@@ -91,10 +96,14 @@ def parse_task(raw: object, source: str) -> TaskSpec:
 
 
 def load_tasks(directory: str | Path | None = None, names: list[str] | None = None) -> tuple[TaskSpec, ...]:
-    """Task specs sorted by name (from the packaged ``clin_jepa/tasks`` unless ``directory`` is given)."""
+    """Task specs sorted by name (from the packaged ``clin_jepa/tasks`` unless ``directory`` is given);
+    with ``names``, those tasks in that order, also from the packaged MEDS-DEV variants (``meds_dev/``)."""
     root = Path(directory) if directory is not None else Path(str(files("clin_jepa").joinpath("tasks")))
+    paths = sorted(root.glob("*.yaml"))
+    if directory is None and names is not None:
+        paths += sorted((root / "meds_dev").glob("*.yaml"))
     specs = []
-    for path in sorted(root.glob("*.yaml")):
+    for path in paths:
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
@@ -143,8 +152,10 @@ def compute_labels(specs: tuple[TaskSpec, ...], stays: Stays, events: StayEvents
         measured = np.bincount(stay[inside], minlength=n) > 0
         crossed = np.bincount(stay[inside & crosses], minlength=n) > 0
         label = np.where(measured, crossed.astype(np.float32), np.nan)
-        if spec.exclude_if_abnormal_before:  # rows are in time order: later writes win, the last one stays
-            before = offset <= lo
+        before = offset <= lo
+        if spec.exclude_if_abnormal_before == "any":
+            label[np.bincount(stay[before & crosses], minlength=n) > 0] = np.nan
+        elif spec.exclude_if_abnormal_before:  # rows are in time order: later writes win, the last one stays
             last_crosses = np.zeros(n, bool)
             last_crosses[stay[before]] = crosses[before]
             label[last_crosses] = np.nan

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clin_jepa.config import SiteConfig
-from clin_jepa.data.concepts import load_concepts
+from clin_jepa.config import QUALITY_RULES, SiteConfig
+from clin_jepa.data.concepts import check_catalog, check_site_catalog, load_concepts
 from clin_jepa.data.harmonize import HOUR_US, CodeMapper, Stays, eligible_stay_events, harmonize
 from clin_jepa.data.meds import NAT, SPLIT_CODE, Shard, iter_shards, read_splits, shard_paths, splits_path
 from clin_jepa.data.stats import Discretization
@@ -118,6 +118,8 @@ class _Tokenizer:
 
     def __init__(self, cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...],
                  hours: int) -> None:
+        check_site_catalog(cfg.site, cfg.concept_catalog)
+        check_catalog(disc.catalog, "the discretization (from the statistics round or a checkpoint)")
         table = load_concepts()
         self.cfg, self.disc, self.tasks, self.hours = cfg, disc, tasks, hours
         self.mapper = CodeMapper(cfg)
@@ -215,7 +217,7 @@ def tokenize_dataset(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpe
 
 
 # ---- cache -------------------------------------------------------------------------------------------
-CACHE_VERSION = 2  # 2: stay_start
+CACHE_VERSION = 3  # 2: stay_start; 3: unit conversions by the units library, data_quality
 
 
 def cache_key(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...], hours: int) -> str:
@@ -227,9 +229,12 @@ def cache_key(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...]
     content = {
         "version": CACHE_VERSION, "files": stat, "disc": disc.fingerprint(), "hours": hours,
         "tasks": [t.to_dict() for t in tasks],
-        "mapping": {"site": cfg.site, "stay": [cfg.stay.start, cfg.stay.end],
+        "mapping": {"site": cfg.site, "stay": [cfg.stay.start, cfg.stay.end, cfg.stay.min_hours,
+                                                   cfg.stay.context_hours],
                     "ignore": list(cfg.ignore_codes),
-                    "code_map": [[r.pattern, r.regex, r.concept, r.unit] for r in cfg.code_map]},
+                    "code_map": [[r.pattern, r.regex, r.concept, r.unit, r.scale, r.offset]
+                                 for r in cfg.code_map],
+                    "quality": [getattr(cfg.data_quality, r) for r in QUALITY_RULES]},
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 

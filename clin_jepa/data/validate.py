@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clin_jepa.config import SiteConfig
+from clin_jepa.config import QUALITY_RULES, CodeRule, DataQuality, SiteConfig
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.harmonize import (
     HOUR_US,
@@ -39,10 +39,10 @@ from clin_jepa.data.meds_checks import (
     read_splits_checked,
     rows_text,
 )
+from clin_jepa.data.quality import DESCRIPTION, flag_rows
 from clin_jepa.data.tasks import TaskSpec, compute_labels, load_tasks
 from clin_jepa.errors import DataValidationError
 
-DEATH_GRACE_HOURS = 24  # discharge paperwork is routinely stamped after death; later events are errors
 YEAR_RANGE = (1900, 2100)
 RowsText = Callable[[np.ndarray], str]
 
@@ -66,6 +66,10 @@ class ValidationSummary:
     code_concept: dict[str, str] = field(default_factory=dict)
     task_positive: dict[str, int] = field(default_factory=dict)
     task_defined: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)  # events removed per data_quality rule
+    conversions: dict[str, str] = field(default_factory=dict)  # code -> the conversion, with an example
+    stay: str = ""  # the stay definition used
+    catalog: str = ""  # the concept catalog used
 
     def codes_in(self, category: int) -> list[tuple[str, int]]:
         return sorted(((c, n) for c, n in self.code_counts.items() if self.code_category[c] == category),
@@ -83,10 +87,15 @@ class ValidationSummary:
             f"site {self.site}: {self.root} - valid",
             f"  files: {self.n_files} shard(s), {self.n_events:,} events, {self.n_subjects:,} subjects "
             f"({splits})",
-            f"  ICU stays: {self.n_stays:,} found, {self.n_eligible:,} eligible (>= 24 h, alive at 24 h), "
-            f"{self.icu_hours:,.0f} ICU hours in eligible stays",
+            f"  {self.catalog}",
+            f"  stays: {self.stay}: {self.n_stays:,} found, {self.n_eligible:,} eligible, "
+            f"{self.icu_hours:,.0f} hours in eligible stays",
             f"  mapped codes ({len(mapped)}, {sum(n for _, n in mapped):,} events):",
             *(f"    {c} -> {self.code_concept[c]}: {n:,}" for c, n in mapped),
+            f"  unit conversions ({len(self.conversions)}):",
+            *(f"    {c}: {text}" for c, text in sorted(self.conversions.items())),
+            "  data_quality drops: " + (", ".join(f"{rule} {n:,} event(s) dropped"
+                                                  for rule, n in sorted(self.dropped.items())) or "none"),
             "  stay codes: " + ", ".join(f"{c} {n:,}" for c, n in self.codes_in(STAY)),
             f"  ignored codes ({len(self.codes_in(IGNORED))}): "
             + (", ".join(f"{c} {n:,}" for c, n in self.codes_in(IGNORED)[:10]) or "none"),
@@ -105,42 +114,25 @@ class ValidationSummary:
 
 
 def _time_checks(p: Problems, name: str, h: Harmonized, rows_of: RowsText) -> None:
-    """Out-of-range times, events before birth or after death (per subject, within the shard)."""
+    """Times outside the plausible years (a schema-level error whatever the data_quality policy)."""
     s = h.shard
-    timed = s.time != NAT
     lo, hi = (np.datetime64(f"{y}-01-01", "us").astype(np.int64) for y in YEAR_RANGE)
-    bad = np.flatnonzero(timed & ((s.time < lo) | (s.time >= hi)))
+    bad = np.flatnonzero((s.time != NAT) & ((s.time < lo) | (s.time >= hi)))
     if len(bad):
         p.add(f"{name}: column 'time': {len(bad)} time(s) outside {YEAR_RANGE[0]}-{YEAR_RANGE[1]}; "
               f"{rows_of(bad)}")
-    for flag, is_birth in ((h.info.is_birth, True), (h.info.is_death, False)):
-        rows = np.flatnonzero(flag[s.code_index] & timed)
-        if len(rows) == 0:
-            continue
-        order = np.lexsort((s.time[rows], s.subject[rows]))
-        subj, t = s.subject[rows][order], s.time[rows][order]
-        first = np.r_[True, subj[1:] != subj[:-1]]
-        subj, t = subj[first], t[first]
-        pos = np.clip(np.searchsorted(subj, s.subject), 0, len(subj) - 1)
-        has = (subj[pos] == s.subject) & timed
-        if is_birth:
-            bad = np.flatnonzero(has & (s.time < t[pos]))
-            text = "event(s) before the subject's MEDS_BIRTH"
-        else:
-            bad = np.flatnonzero(has & (s.time > t[pos] + DEATH_GRACE_HOURS * HOUR_US))
-            text = f"event(s) more than {DEATH_GRACE_HOURS} h after the subject's MEDS_DEATH"
+
+
+def _quality_checks(p: Problems, name: str, h: Harmonized, policy: DataQuality, rows_of: RowsText) -> None:
+    """Content problems the site's data_quality leaves as errors (dropped ones are gone from ``h``)."""
+    rules = tuple(r for r in QUALITY_RULES if getattr(policy, r) == "error")
+    flags = flag_rows(h.shard, h.concept, h.value, h.info.is_birth, h.info.is_death, rules)
+    column = {"events_after_death": "time", "events_before_birth": "time", "duplicates": "code"}
+    for rule in rules:
+        bad = np.flatnonzero(flags[rule])
         if len(bad):
-            p.add(f"{name}: column 'time': {len(bad)} {text}; {rows_of(bad)}")
-
-
-def _negative_checks(p: Problems, name: str, h: Harmonized, rows_of: RowsText) -> None:
-    """Negative canonical values of measurements that cannot be negative (after unit conversion)."""
-    table = load_concepts()
-    nonneg = np.array([c.nonnegative for c in table.measurements] + [False] * len(table.treatments))
-    neg = np.flatnonzero((h.concept >= 0) & nonneg[np.maximum(h.concept, 0)] & (h.value < 0))
-    if len(neg):
-        p.add(f"{name}: column 'numeric_value': {len(neg)} negative value(s) for measurements that cannot "
-              f"be negative; {rows_of(neg)}")
+            p.add(f"{name}: column '{column.get(rule, 'numeric_value')}': {len(bad)} {DESCRIPTION[rule]}; "
+                  f"{rows_of(bad)} (data_quality.{rule}: drop removes them at read time)")
 
 
 def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) -> ValidationSummary:
@@ -150,7 +142,8 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
     p = Problems()
     p.extend(rule_problems(cfg))
     summary = ValidationSummary(cfg.site, root, task_positive={t.name: 0 for t in tasks},
-                                task_defined={t.name: 0 for t in tasks})
+                                task_defined={t.name: 0 for t in tasks}, stay=cfg.stay.describe(),
+                                catalog=load_concepts().describe())
     if not root.is_dir():
         p.add(f"{root}: data.path does not exist or is not a folder")
         raise DataValidationError(f"site {cfg.site}", p.items)
@@ -178,7 +171,7 @@ def validate_site(cfg: SiteConfig, tasks: tuple[TaskSpec, ...] | None = None) ->
 
         h = harmonize(s, mapper)
         _time_checks(p, name, h, rows_of)
-        _negative_checks(p, name, h, rows_of)
+        _quality_checks(p, name, h, cfg.data_quality, rows_of)
         uniq = np.unique(s.subject)
         seen_subjects.append((name, uniq))
         if splits is not None:
@@ -199,8 +192,11 @@ def _count_shard(summary: ValidationSummary, h: Harmonized, mapper: CodeMapper,
                  tasks: tuple[TaskSpec, ...], horizon: int, name: str) -> None:
     """Add one shard's events, codes, stays and labels to ``summary``."""
     table = load_concepts()
-    for code, n, cat, concept in zip(h.shard.codes, h.code_counts(), h.info.category, h.info.concept,
-                                     strict=True):
+    _, first_row = np.unique(h.shard.code_index, return_index=True)
+    example = np.full(len(h.shard.codes), np.nan)
+    example[h.shard.code_index[first_row]] = h.shard.value[first_row]
+    for i, (code, n, cat, concept) in enumerate(zip(h.shard.codes, h.code_counts(), h.info.category,
+                                                    h.info.concept, strict=True)):
         if n == 0:
             continue
         summary.code_counts[code] += int(n)
@@ -211,6 +207,10 @@ def _count_shard(summary: ValidationSummary, h: Harmonized, mapper: CodeMapper,
             unit = "" if rule is None or not rule.unit else (
                 f" [{rule.unit}]" if rule.unit == target.unit else f" [{rule.unit} -> {target.unit}]")
             summary.code_concept[code] = f"{target.name}{unit}"
+            scale, offset = float(h.info.scale[i]), float(h.info.offset[i])
+            if target.unit and (scale, offset) != (1.0, 0.0) and code not in summary.conversions:
+                summary.conversions[code] = _conversion_text(rule, target.unit, scale, offset, example[i])
+    summary.dropped.update(h.dropped)
     summary.n_events += len(h.shard)
     all_stays, stays, ev = eligible_stay_events(h, horizon)
     summary.n_stays += len(all_stays)
@@ -220,6 +220,17 @@ def _count_shard(summary: ValidationSummary, h: Harmonized, mapper: CodeMapper,
     for j, t in enumerate(tasks):
         summary.task_defined[t.name] += int((~np.isnan(labels[:, j])).sum())
         summary.task_positive[t.name] += int(np.nansum(labels[:, j]))
+
+
+def _conversion_text(rule: CodeRule | None, canonical: str, scale: float, offset: float,
+                     example: float) -> str:
+    """'[/uL] x 0.001 -> 10^9/L (units library), e.g. 12000 -> 12' for the validate summary."""
+    unit = rule.unit if rule is not None and rule.unit else "?"
+    how = "declared scale/offset" if rule is not None and rule.declared is not None else "units library"
+    formula = f"x {scale:.6g}" + (f" {'+' if offset >= 0 else '-'} {abs(offset):.6g}" if offset else "")
+    shown = example if np.isfinite(example) else 1.0
+    return (f"[{unit}] {formula} -> {canonical} ({how}), e.g. {shown:g} {unit} -> "
+            f"{shown * scale + offset:.6g} {canonical}")
 
 
 def _read(path: Path, name: str, p: Problems) -> tuple[pa.Table | None, list[str]]:
@@ -255,10 +266,10 @@ def _dataset_checks(p: Problems, cfg: SiteConfig, summary: ValidationSummary,
                   f"{top}")
         codes = summary.code_counts
         mapper = CodeMapper(cfg)
-        for key, want in (("icu_stay.start", True), ("icu_stay.end", False)):
+        for part, want in (("start", True), ("end", False)):
             hits = [c for c in codes if mapper.decide(c)[4 if want else 5]]
             if not hits:
-                p.add(f"{key}: regex {getattr(cfg.stay, key.split('.')[1])!r} matches no code in the data")
+                p.add(f"{cfg.stay.key}.{part}: regex {getattr(cfg.stay, part)!r} matches no code in the data")
     if splits is not None:
         summary.split_subjects = {name: sum(1 for v in splits.values() if v == name) for name in SPLITS}
     summary.n_subjects = int(len(np.unique(np.concatenate([u for _, u in seen])))) if seen else 0

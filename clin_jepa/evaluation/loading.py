@@ -128,7 +128,7 @@ def check_against_data(m: LoadedModel, data: Any) -> None:
 
 
 def load_sites(paths: Sequence[str | Path], disc: Any, hours: int, bar: Any = None,
-               ground_truth: bool = False) -> tuple[Any, np.ndarray | None]:
+               ground_truth: bool = False, tasks: Sequence[str] = ()) -> tuple[Any, np.ndarray | None]:
     """Tokenize every site with ``disc`` and concatenate them (one SiteTensors); with ``ground_truth``
     also each row's hidden cohort from the site's ``ground_truth.parquet`` (else None)."""
     from clin_jepa.config import load_site_config
@@ -137,7 +137,7 @@ def load_sites(paths: Sequence[str | Path], disc: Any, hours: int, bar: Any = No
 
     if not paths:
         raise CheckpointError("no site config given: pass --sites site_configs/*.yaml")
-    tasks = load_tasks()
+    specs = load_tasks(names=list(tasks) if tasks else None)
     cfgs = [load_site_config(p) for p in paths]
     names = [c.site for c in cfgs]
     if len(set(names)) != len(names):
@@ -148,7 +148,7 @@ def load_sites(paths: Sequence[str | Path], disc: Any, hours: int, bar: Any = No
     truths = [read_ground_truth(cfg.data_path) for cfg in cfgs] if ground_truth else []
     parts, hidden = [], []
     for i, cfg in enumerate(cfgs):
-        part = build_site_tensors(cfg, disc, tasks, hours=hours)
+        part = build_site_tensors(cfg, disc, specs, hours=hours)
         parts.append(part)
         if ground_truth:
             hidden.append(hidden_cohorts(part.subject_id, part.stay_start, truths[i], str(cfg.data_path)))

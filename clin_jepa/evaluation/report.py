@@ -142,6 +142,10 @@ def markdown(metrics: Mapping[str, Any]) -> str:
              f"Sites: {', '.join(metrics['data']['sites'])}. Stays: "
              + ", ".join(f"{k} {v}" for k, v in metrics["data"]["n_stays"].items())
              + f". Discretization `{metrics['data']['discretization'][:12]}`.", ""]
+    stays = metrics["data"].get("stays", {})
+    lines += [f"Stay definition at {site}: {text}." for site, text in stays.items()]
+    if "catalog" in metrics["data"]:
+        lines += [f"Vocabulary: {metrics['data']['catalog']}.", ""]
     lines += _summary_table(metrics) + _checkpoint_table(metrics) + _displacement_table(metrics)
     lines += [*(f"{e}\n" for e in EXPLAIN),
               f"Probe: {s['embedding']}. AUROC with {s['bootstrap']} bootstrap resamples.", "",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.meds import SPLIT_CODE
 from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
@@ -32,6 +33,7 @@ from clin_jepa.evaluation.drift import copy_forward, drift_curve, drift_summary
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.loading import LoadedModel, check_against_data, load_models, load_sites
 from clin_jepa.evaluation.paired import SEED_SEP, find_pairs, probe_noise
+from clin_jepa.evaluation.predictions import attach_label_files, write_label_files
 from clin_jepa.evaluation.probes import ProbeResult, fit_linear_probes
 from clin_jepa.evaluation.report import write_report
 
@@ -57,6 +59,8 @@ class EvalSettings:
     gru: GRUSettings = field(default_factory=GRUSettings)
     gru_seeds: tuple[int, ...] = ()  # () = one GRU seeded with ``gru.seed``, named "gru"
     ground_truth: bool = False
+    tasks: tuple[str, ...] = ()  # task names to probe; () = the packaged default set
+    label_files: str = ""  # a folder of MEDS label files (<task>.parquet) used instead of task definitions
 
 
 @dataclass
@@ -64,6 +68,14 @@ class ModelResult:
     metrics: dict[str, Any]
     projection: tuple[np.ndarray, np.ndarray, np.ndarray]
     probes: ProbeResult
+
+
+def _stay_definitions(sites: Sequence[str | Path]) -> dict[str, str]:
+    """Site name -> the stay definition its config uses (reports say which stays they scored)."""
+    from clin_jepa.config import load_site_config
+
+    cfgs = [load_site_config(p) for p in sites]
+    return {c.site: c.stay.describe() for c in cfgs}
 
 
 def evaluate_model(m: LoadedModel, train: SiteTensors, held: SiteTensors, s: EvalSettings,
@@ -141,8 +153,13 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
     disc = models[0].disc
     steps = len(sites) + 2 * len(models) + (2 if s.baselines else 0) + 1
     with tqdm(total=steps, desc="evaluate", unit="step", disable=not progress) as bar:
-        data, hidden = load_sites(sites, disc, s.context + s.horizon, bar, ground_truth=s.ground_truth)
+        data, hidden = load_sites(sites, disc, s.context + s.horizon, bar, ground_truth=s.ground_truth,
+                                  tasks=s.tasks)
+        if s.label_files:
+            data = attach_label_files(data, Path(s.label_files), s.context)
         for m in models:
+            if s.tasks or s.label_files:  # tasks asked for are new questions to the same embeddings
+                m.tasks = None
             check_against_data(m, data)
         train, tune, held = (data.subset(name) for name in ("train", "tuning", "held_out"))
         held_hidden = None if hidden is None else hidden[data.split == SPLIT_CODE["held_out"]]
@@ -174,6 +191,7 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         metrics = {
             "settings": {**asdict(s), "embedding": EMBEDDING_DOC, "cohorts": COHORT_DOC},
             "data": {"sites": data.site.split("+"), "discretization": disc.fingerprint(),
+                     "stays": _stay_definitions(sites), "catalog": load_concepts().describe(),
                      "tasks": list(held.tasks),
                      "n_stays": {"train": len(train.split), "tuning": len(tune.split),
                                  "held_out": len(held.split)}},
@@ -184,5 +202,8 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         }
         bar.set_postfix_str("report")
         write_report(out_dir, metrics, {k: r.projection for k, r in results.items()})
+        scores = {**{k: r.probes.scores for k, r in results.items()},
+                  **{k: p.scores for k, p in baselines.items()}}
+        write_label_files(Path(out_dir), data, held, s.context, scores)
         bar.update(1)
     return metrics
