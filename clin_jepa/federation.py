@@ -76,6 +76,7 @@ class FederationConfig:
     transport_dtype: str = "float32"  # float16: replies carry the round's update (trained - received) in fp16
     device: str = ""  # "" = each site's training.device; cpu | cuda | auto overrides it at every site
     compile: bool = False  # torch.compile the networks at the sites
+    eval_every: int = 0  # evaluation rounds: 0 = after each phase and the last round, N = every N, -1 = never
 
     def __post_init__(self) -> None:
         for name in ("num_rounds", "local_steps", "min_sites", "n_bins", "hours"):
@@ -115,6 +116,8 @@ class FederationConfig:
         if self.device not in ("", "cpu", "cuda", "auto"):
             raise ConfigError(f"run config device: {self.device!r} is not one of '', cpu, cuda, auto "
                               "('' = each site's training.device)")
+        if self.eval_every < -1:
+            raise ConfigError(f"run config eval-every: must be >= -1 (-1 = never), got {self.eval_every}")
         self.dp_sample()  # validates the sample-level DP keys
         self.faults()  # validates the spec
 
