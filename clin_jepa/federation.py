@@ -76,6 +76,7 @@ class FederationConfig:
     transport_dtype: str = "float32"  # float16: replies carry the round's update (trained - received) in fp16
     device: str = ""  # "" = each site's training.device; cpu | cuda | auto overrides it at every site
     compile: bool = False  # torch.compile the networks at the sites
+    tracking_uri: str = ""  # MLflow: "" = sqlite store in <checkpoint-dir>/mlflow, "off" = none, or a URI
     eval_every: int = 0  # evaluation rounds: 0 = after each phase and the last round, N = every N, -1 = never
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from clin_jepa.errors import ClinJepaError, ConfigError
 from clin_jepa.evaluation.federated import evaluates_after
 from clin_jepa.evaluation.rounds import read_lines, write_rounds_report
 from clin_jepa.federation import FederationConfig, RoundPlan, decode_reply, plan_round
+from clin_jepa.tracking import Tracker, federated_metrics, settings
 from server.checks import screen_replies
 from server.evaluation import log_progress, run_evaluation
 from server.privacy import record_privacy
@@ -84,16 +85,25 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
     strategy = ClinJepaFedAvg(cfg, state, roster.sites)
     outer = wrap_for_privacy(strategy, cfg)
     first, started = state.round + 1, time.perf_counter()
-    for rnd in range(first, cfg.num_rounds + 1):
-        line = run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
-        evaluation = None
-        if evaluates_after(rnd, cfg):
-            evaluation = run_evaluation(grid, cfg, state, strategy.site_nodes, rnd, out_dir)
-        log_progress(cfg, line, evaluation, first, started)
-        if cfg.stop_after and rnd >= cfg.stop_after:
-            log(WARNING, "Stopping after round %d (stop-after); resume with --run-config "
-                "'resume-from=\"%s\"'", rnd, out_dir)
-            break
+    tracker = Tracker(cfg.tracking_uri, out_dir, state.run_id, f"federated {state.run_id}",
+                      settings(cfg.to_dict()), warn=lambda text: log(WARNING, "%s", text))
+    status = "FAILED"
+    try:
+        for rnd in range(first, cfg.num_rounds + 1):
+            line = run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
+            tracker.log(rnd * cfg.local_steps, federated_metrics(line))
+            evaluation = None
+            if evaluates_after(rnd, cfg):
+                evaluation = run_evaluation(grid, cfg, state, strategy.site_nodes, rnd, out_dir)
+                tracker.log(rnd * cfg.local_steps, federated_metrics(evaluation))
+            log_progress(cfg, line, evaluation, first, started)
+            if cfg.stop_after and rnd >= cfg.stop_after:
+                log(WARNING, "Stopping after round %d (stop-after); resume with --run-config "
+                    "'resume-from=\"%s\"'", rnd, out_dir)
+                break
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
     write_rounds_report(out_dir, read_lines(out_dir / METRICS))
     log(INFO, "Round report: %s (and report.md)", out_dir / "report.html")
     log(INFO, "Final checkpoint: %s", out_dir / "ckpt.pt")

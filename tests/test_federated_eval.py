@@ -42,9 +42,11 @@ def site_and_ckpt(tmp_path_factory):
 
 def test_site_evaluation_equals_clin_jepa_evaluate_on_that_site(site_and_ckpt, tmp_path):
     site, ckpt, state, cfg = site_and_ckpt
-    central = evaluate([ckpt], [site], tmp_path / "report", settings=EvalSettings(bootstrap=0, baselines=False),
-                       progress=False)["models"]["run"]
-    wire = Site(load_site_config(site)).evaluate(state.model_cfg, state.disc, state.groups, cfg, min_patients=1)
+    settings = EvalSettings(bootstrap=0, baselines=False)
+    report = evaluate([ckpt], [site], tmp_path / "report", settings=settings, progress=False)
+    central = report["models"]["run"]
+    wire = Site(load_site_config(site)).evaluate(state.model_cfg, state.disc, state.groups, cfg,
+                                                 min_patients=1)
     compared = 0
     for task, score in central["probes"]["tasks"].items():
         if score["skipped"] is None:

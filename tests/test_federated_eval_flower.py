@@ -10,8 +10,10 @@ import subprocess
 import pytest
 from deploy_harness import BIN
 from flwr_utils import REPO, FlowerSandbox
+from mlflow.tracking import MlflowClient
 
 from clin_jepa.data.tasks import load_tasks
+from clin_jepa.tracking import EXPERIMENT, default_uri
 
 pytestmark = pytest.mark.slow
 
@@ -66,3 +68,12 @@ def test_evaluation_rounds_run_at_every_site_and_match_clin_jepa_evaluate(tmp_pa
     assert compared >= 6
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and (out / "report.md").exists()
+
+    # the same rounds in the run folder's MLflow store, at the global step of each round
+    client = MlflowClient(tracking_uri=default_uri(out))
+    (run,) = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "eval/mean_auroc")
+    assert [(m.step, m.value) for m in history] == [
+        (ln["round"] * 2, pytest.approx(ln["aggregate"]["mean_auroc"])) for ln in evals]
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == ROUNDS

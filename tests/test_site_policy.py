@@ -47,7 +47,7 @@ SAFE_VALUES = {
     "preset": "base", "n-bins": 5, "checkpoint-dir": "/elsewhere/ckpt", "resume-from": "/elsewhere/ckpt",
     "stop-after": 2, "min-sites": 1, "max-norm-ratio": 5.0, "dp-noise-multiplier": 0.5,
     "dp-clipping-norm": 2.0, "dp-central-delta": 1e-6, "signing-key": "/elsewhere/signing.key",
-    "fraction-train": 0.5, "synth-if-missing": False,
+    "fraction-train": 0.5, "synth-if-missing": False, "tracking-uri": "off", "eval-every": 3,
 }
 
 
