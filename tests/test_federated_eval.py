@@ -19,6 +19,7 @@ from clin_jepa.data.tasks import load_tasks
 from clin_jepa.evaluation.federated import aggregate, evaluates_after, from_wire
 from clin_jepa.evaluation.rounds import ROUND_PLOTS, write_rounds_report
 from clin_jepa.evaluation.runner import EvalSettings, evaluate
+from clin_jepa.evaluation.screenshot import find_chromium, ink_share, screenshot
 from clin_jepa.federation import FederationConfig
 from server.state import ServerState
 
@@ -89,7 +90,7 @@ def test_server_means_weight_by_held_out_stays_over_the_sites_that_sent_a_value(
     assert agg["tasks"][TASKS[1]]["auroc"] is None and agg["n_held_out"] == 40
 
 
-def test_rounds_report_embeds_the_three_round_plots(tmp_path):
+def _round_lines() -> list[dict]:
     site = {"status": "ok", "loss": 1.0, "dp-epsilon": 0.5}
     lines = [{"round": 0, "phase": "statistics", "sites": {}}]
     for r in (1, 2):
@@ -98,6 +99,12 @@ def test_rounds_report_embeds_the_three_round_plots(tmp_path):
         evaluated = from_wire({"num-examples": 20.0, "eval-mean_auroc": 0.6 + 0.1 * r}, TASKS)
         lines.append({"round": r, "phase": "evaluate", "sites": {"a": evaluated},
                       "aggregate": aggregate({"a": evaluated}, TASKS), "failed": {}})
+    return lines
+
+
+def test_rounds_report_embeds_the_three_round_plots(tmp_path):
+    lines = _round_lines()
+    evaluated = lines[-1]["sites"]["a"]
     write_rounds_report(tmp_path, lines)
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(ROUND_PLOTS)
@@ -105,3 +112,14 @@ def test_rounds_report_embeds_the_three_round_plots(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "| 2 | joint_refinement | 0.500 | 2/2 | 0.800 |" in text
     assert np.isclose(aggregate({"a": evaluated}, TASKS)["mean_auroc"], 0.8)
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no Chromium here (apt-get install -y chromium)")
+def test_round_report_renders_in_headless_chromium(tmp_path):
+    write_rounds_report(tmp_path, _round_lines())
+    page = (tmp_path / "report.html").read_text()
+    (tmp_path / "no_images.html").write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', page))
+    browser = find_chromium()
+    full = ink_share(screenshot(browser, tmp_path / "report.html", tmp_path / "full.png", height=2400))
+    bare = ink_share(screenshot(browser, tmp_path / "no_images.html", tmp_path / "bare.png", height=2400))
+    assert full > bare + 0.02, (full, bare)  # the embedded plots are drawn, not just the tables
