@@ -26,10 +26,19 @@ EPSILON = "dp-epsilon"
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    """The metrics lines of a run (a missing file is an empty run)."""
-    if not path.exists():
+    """The metrics lines of a run (a missing file is an empty run). A line that is not a JSON object (a
+    torn last line after a crash, a foreign file) is left out: the report is a view, not the record."""
+    if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    out = []
+    for text in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(line, dict):
+            out.append(line)
+    return out
 
 
 def _training(lines: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
