@@ -9,7 +9,8 @@ from pathlib import Path
 
 from clin_jepa.errors import ConfigError
 
-HELP = "evaluate checkpoint(s) on the sites' held-out stays; writes metrics.json, report.md and PNG plots"
+HELP = ("evaluate checkpoint(s) on the sites' held-out stays; writes metrics.json, report.md, report.html "
+        "and PNG plots")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             stack.enter_context(verified_loads(checkpoint_verifier(args.public_key)))
         metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
                            progress=not args.quiet)
-    print(f"wrote {args.out}/metrics.json, report.md and plots")
+    print(f"wrote {args.out}/metrics.json, report.md, report.html and plots")
     for label, m in metrics["models"].items():
         d, g, p = m["drift"], m["geometry"], m.get("paired")
         hidden = "" if g["hidden"] is None else f", hidden-cohort {fmt(g['hidden']['ratio'])}"
