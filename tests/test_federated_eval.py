@@ -122,4 +122,5 @@ def test_round_report_renders_in_headless_chromium(tmp_path):
     browser = find_chromium()
     full = ink_share(screenshot(browser, tmp_path / "report.html", tmp_path / "full.png", height=2400))
     bare = ink_share(screenshot(browser, tmp_path / "no_images.html", tmp_path / "bare.png", height=2400))
-    assert full > bare + 0.02, (full, bare)  # the embedded plots are drawn, not just the tables
+    # the embedded plots are drawn (about 2 % of the page's pixels here), not only the tables
+    assert full > bare + 0.01, (full, bare)
