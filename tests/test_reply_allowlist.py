@@ -1,8 +1,9 @@
 """Only model arrays and aggregate metrics leave a site: every ClientApp reply is checked key by key.
 
 The real ClientApp answers real Flower Messages built by the real server code (statistics query, then
-one training round per curriculum phase, and evaluate messages under three small-cell thresholds). Any record, array key or metric outside the allowlists below
-fails the test: adding something to a reply means adding it here, in review.
+one training round per curriculum phase, and evaluate messages under three small-cell thresholds). Any
+record, array key or metric outside the allowlists below fails the test: adding something to a reply
+means adding it here, in review.
 """
 
 from __future__ import annotations
