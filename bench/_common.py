@@ -170,6 +170,7 @@ def flower_run(workdir: Path, run_config: dict[str, object], num_supernodes: int
     lines = []
     if (out / "metrics.jsonl").exists():
         lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        lines = [ln for ln in lines if ln.get("phase") != "evaluate"]  # training rounds only
     return FlowerRun(wall, proc.returncode, proc.stdout, lines, sampler)
 
 

@@ -34,7 +34,8 @@ def train(flower: LocalFlower, args: argparse.Namespace, eps: float, sites: list
     proc = flower.run(ROOT, run_config, num_supernodes=len(sites), timeout=3600)
     if proc.returncode != 0 or not (out / "ckpt.pt").exists():
         raise SystemExit(f"federated run at eps={eps} failed:\n{proc.stdout[-3000:]}")
-    last = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()][-1]
+    last = [ln for ln in map(json.loads, filter(str.strip, (out / "metrics.jsonl").read_text().splitlines()))
+            if ln.get("phase") != "evaluate"][-1]
     print(f"eps={eps}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
     return {s: last["sites"].get(s, {}).get("dp-epsilon") for s in SITES}
 

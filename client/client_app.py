@@ -1,12 +1,14 @@
 """Flower ClientApp: converts Messages to calls on the site's cached state (``client.site``) and back.
 
-Two handlers:
+Three handlers:
 
 * ``query.statistics`` — the statistics round: this site's mergeable value histograms and code counts
   (arrays only, never rows) and the site's name; with ``what="identify"`` only the name (a resumed server
   maps nodes to sites without recomputing statistics);
 * ``train`` — one round of local training on the groups the server sent; the reply is one ArrayRecord with
-  exactly the trained groups and one MetricRecord with ``num-examples`` and the losses and monitors.
+  exactly the trained groups and one MetricRecord with ``num-examples`` and the losses and monitors;
+* ``evaluate`` — the global model measured on this site's stays (probes, drift, displacement); the reply
+  is one MetricRecord of small-cell-safe aggregates.
 
 A raised exception becomes a Flower error reply; the server logs it and goes on with the other sites.
 Only its type leaves the site, except for configuration errors and privacy refusals (``client.errors``).
@@ -109,6 +111,19 @@ def train(msg: Message, context: Context) -> Message:
     metrics = suppress_by_metric(metrics, len(np.unique(subjects)), *behind, min_patients)
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(reply[k])) for k in sent})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """The global model measured on this site's own stays, as ``clin-jepa evaluate`` measures it; the
+    reply is one MetricRecord of small-cell-safe aggregates (``clin_jepa.evaluation.federated``)."""
+    site, fed = _site(context)
+    config = msg.content["config"]
+    groups = split_groups({k: v.numpy() for k, v in msg.content["arrays"].items()})
+    disc = Discretization.from_dict(json.loads(str(config["discretization"])))
+    model_cfg = ModelConfig.from_dict(json.loads(str(config["model-config"])))
+    metrics = site.evaluate(model_cfg, disc, groups, fed, min_patients_from(context.node_config))
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def _inject_fault(fed: FederationConfig, site: str, rnd: int, when: str,

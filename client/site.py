@@ -36,6 +36,8 @@ from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
 from clin_jepa.device import compile_modules, resolve_device
 from clin_jepa.errors import ConfigError
+from clin_jepa.evaluation.federated import evaluate_site
+from clin_jepa.evaluation.runner import EvalSettings
 from clin_jepa.federation import FederationConfig
 from clin_jepa.io import atomic_write_bytes
 from clin_jepa.models import ClinJEPA, ModelConfig, get_group_state, set_group_state
@@ -99,6 +101,7 @@ class Site:
     _tensors: dict[tuple[str, int], SiteTensors] = field(default_factory=dict)
     _model: tuple[tuple[ModelConfig, torch.device, bool], ClinJEPA] | None = None
     _optim: tuple[str, int, torch.optim.Optimizer] | None = None
+    _eval_tensors: tuple[tuple[str, int], SiteTensors] | None = None
 
     @property
     def name(self) -> str:
@@ -115,6 +118,25 @@ class Site:
         if key not in self._tensors:
             self._tensors = {key: build_site_tensors(self.cfg, disc, load_tasks(), hours).subset("train")}
         return self._tensors[key]
+
+    def eval_tensors(self, disc: Discretization, hours: int) -> SiteTensors:
+        """Every split's stays (probes fit on train, scores on held_out), built as ``clin-jepa evaluate``
+        builds them; kept apart from the train cache, which rounds read every time."""
+        key = (disc.fingerprint(), hours)
+        if self._eval_tensors is None or self._eval_tensors[0] != key:
+            self._eval_tensors = (key, build_site_tensors(self.cfg, disc, load_tasks(), hours))
+        return self._eval_tensors[1]
+
+    def evaluate(self, model_cfg: ModelConfig, disc: Discretization, groups: dict[str, dict[str, np.ndarray]],
+                 fed: FederationConfig, min_patients: int) -> dict[str, float]:
+        """The global model (every group) measured on this site's stays; only small-cell-safe aggregates
+        come back. A fresh model: the training model and its optimizer are left as they are."""
+        model = ClinJEPA(model_cfg)
+        for g, state in groups.items():
+            set_group_state(model, g, {k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+        settings = EvalSettings(bootstrap=0, baselines=False, seed=fed.seed, device=str(self.device(fed)))
+        tensors = self.eval_tensors(disc, settings.context + settings.horizon)
+        return evaluate_site(model, tensors, settings, min_patients)
 
     def device(self, fed: FederationConfig) -> torch.device:
         """The run config's ``device`` when set, else this site's ``training.device``; a ConfigError

@@ -84,6 +84,8 @@ class FederationConfig:
     device: str = ""  # "" = each site's training.device; cpu | cuda | auto overrides it at every site
     compile: bool = False  # torch.compile the networks at the sites
     concept_catalog: str = ""  # the federation's concept catalog (a YAML path); "" = the packaged one
+    tracking_uri: str = ""  # MLflow: "" = sqlite store in <checkpoint-dir>/mlflow, "off" = none, or a URI
+    eval_every: int = 0  # evaluation rounds: 0 = after each phase and the last round, N = every N, -1 = never
 
     def __post_init__(self) -> None:
         for name in ("num_rounds", "local_steps", "min_sites", "n_bins", "hours"):
@@ -125,6 +127,8 @@ class FederationConfig:
                               "('' = each site's training.device)")
         check_aggregation(self.aggregation, self.aggregation_malicious, self.aggregation_beta, self.min_sites,
                           self.dp_central, self.weight_cap)
+        if self.eval_every < -1:
+            raise ConfigError(f"run config eval-every: must be >= -1 (-1 = never), got {self.eval_every}")
         self.dp_sample()  # validates the sample-level DP keys
         self.faults()  # validates the spec
 

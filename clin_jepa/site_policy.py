@@ -55,6 +55,9 @@ _SAFE_KEYS = (
     "preset", "n-bins", "checkpoint-dir", "resume-from", "stop-after", "min-sites", "max-norm-ratio",
     "dp-noise-multiplier", "dp-clipping-norm", "dp-central-delta", "signing-key", "fraction-train",
     "synth-if-missing", "aggregation", "aggregation-malicious", "aggregation-beta", "weight-cap",
+    "tracking-uri",
+    # how often the server asks each site for an evaluation of the global model (aggregates only)
+    "eval-every",
 )
 RUN_CONFIG_RULES: dict[str, KeyRule] = {
     **{key: KeyRule(SAFE) for key in _SAFE_KEYS},

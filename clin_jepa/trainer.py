@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,13 +233,15 @@ def _open_run(sites: Sequence[str | Path], out: Path, tcfg: TrainerConfig | None
 
 def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: TrainerConfig | None = None,
                       ccfg: CurriculumConfig | None = None, resume: bool = False,
-                      progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+                      progress: bool = True, stop_at: int | None = None,
+                      on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train on the pooled train splits of ``sites``; returns the last logged record.
 
     With ``resume=True`` the run continues from ``out/ckpt.pt`` and its stored configs (``tcfg`` and
     ``ccfg`` must then be ``None``); the sites are tokenized with the checkpoint's discretization.
     ``stop_at`` ends this call after that global step with a checkpoint (a time-boxed session, or a
-    test of resume); the schedule still spans ``tcfg.steps``.
+    test of resume); the schedule still spans ``tcfg.steps``. ``on_record`` sees every metrics record
+    after it is written (experiment tracking: ``clin_jepa.tracking``).
     """
     from clin_jepa.data.dataset import infinite_batches
 
@@ -278,6 +280,8 @@ def train_centralized(sites: Sequence[str | Path], out: str | Path, tcfg: Traine
                       "patient_hours_per_s": hours_per_s}
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            if on_record is not None:
+                on_record(record)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", phase=record["phase"])
         bar.update(n)
         periodic = bool(tcfg.ckpt_every) and run.step % tcfg.ckpt_every == 0

@@ -2,9 +2,10 @@
 
 Round 0 (statistics) fixes the shared discretization; rounds ``1..num-rounds`` each follow
 ``clin_jepa.federation.plan_round``: send the phase's groups, screen the replies, let FedAvg average the
-accepted ones, move the target encoder, checkpoint and log. A site that fails, times out or sends an
-unusable reply is logged and left out of that round; the round needs ``min-sites`` accepted replies to
-change the model.
+accepted ones, move the target encoder, checkpoint and log; after the rounds run config ``eval-every``
+picks, every site evaluates the global model on its own stays (``server.evaluation``). A site that fails,
+times out or sends an unusable reply is logged and left out of that round; the round needs ``min-sites``
+accepted replies to change the model.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ from clin_jepa.cli import main as clin_jepa_cli
 from clin_jepa.config import load_site_config
 from clin_jepa.data.concepts import check_catalog, use_catalog
 from clin_jepa.errors import ClinJepaError, ConfigError
+from clin_jepa.evaluation.federated import evaluates_after
+from clin_jepa.evaluation.rounds import read_lines, write_rounds_report
 from clin_jepa.federation import FederationConfig, RoundPlan, decode_reply, plan_round
+from clin_jepa.tracking import Tracker, federated_metrics, settings
 from server.checks import screen_replies
+from server.evaluation import log_progress, run_evaluation
 from server.privacy import record_privacy
-from server.state import ServerState, resume_state, save_round, truncate_metrics
+from server.state import METRICS, ServerState, resume_state, save_round, truncate_metrics
 from server.stats_round import query_sites
 from server.strategy import PhaseAware, build_strategy, wrap_for_privacy
 from server.weights import apply_server_weights
@@ -84,12 +89,28 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
         save_round(state, out_dir, 0, "statistics", line, sorted(roster.sites.values()))
     strategy = build_strategy(cfg, state, roster.sites)
     outer = wrap_for_privacy(strategy, cfg)
-    for rnd in range(state.round + 1, cfg.num_rounds + 1):
-        run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
-        if cfg.stop_after and rnd >= cfg.stop_after:
-            log(WARNING, "Stopping after round %d (stop-after); resume with --run-config "
-                "'resume-from=\"%s\"'", rnd, out_dir)
-            break
+    first, started = state.round + 1, time.perf_counter()
+    tracker = Tracker(cfg.tracking_uri, out_dir, state.run_id, f"federated {state.run_id}",
+                      settings(cfg.to_dict()), warn=lambda text: log(WARNING, "%s", text))
+    status = "FAILED"
+    try:
+        for rnd in range(first, cfg.num_rounds + 1):
+            line = run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
+            tracker.log(rnd * cfg.local_steps, federated_metrics(line))
+            evaluation = None
+            if evaluates_after(rnd, cfg):
+                evaluation = run_evaluation(grid, cfg, state, strategy.site_nodes, rnd, out_dir)
+                tracker.log(rnd * cfg.local_steps, federated_metrics(evaluation))
+            log_progress(cfg, line, evaluation, first, started)
+            if cfg.stop_after and rnd >= cfg.stop_after:
+                log(WARNING, "Stopping after round %d (stop-after); resume with --run-config "
+                    "'resume-from=\"%s\"'", rnd, out_dir)
+                break
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+    write_rounds_report(out_dir, read_lines(out_dir / METRICS))
+    log(INFO, "Round report: %s (and report.md)", out_dir / "report.html")
     log(INFO, "Final checkpoint: %s", out_dir / "ckpt.pt")
     return state
 
@@ -169,7 +190,4 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: P
     record_privacy(outer, line, state.accountants)
     save_round(state, out_dir, plan.global_step + plan.local_steps, plan.phase, line,
                sorted(strategy.site_nodes.values()))
-    log(INFO, "Round %d (%s): loss %.4f, %d/%d sites accepted, %.1f s", plan.round, plan.phase,
-        float(line["aggregate"].get("loss", float("nan"))), len(screened.accepted), len(asked),
-        line["round_time_s"])
     return line

@@ -62,7 +62,9 @@ def _run_config(dep, ckpt_dir, **extra):
 
 
 def _lines(ckpt_dir):
-    return [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines()]
+    """The training rounds' lines (evaluation rounds left out)."""
+    lines = [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines()]
+    return [ln for ln in lines if ln.get("phase") != "evaluate"]
 
 
 def _finish(proc, timeout=RUN_TIMEOUT):

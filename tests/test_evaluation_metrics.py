@@ -231,7 +231,7 @@ def test_report_writer_on_hand_made_metrics(tmp_path):
     cohort = np.array([STABLE, DETERIORATING] * 5)
     proj = (projection_2d(z, mask), mask, cohort)
     files = write_report(tmp_path, metrics, {"m1@0": proj, "untrained@0": proj})
-    assert {f.name for f in files} == {"metrics.json", "report.md", *PLOTS}
+    assert {f.name for f in files} == {"metrics.json", "report.md", "report.html", *PLOTS}
     assert all(f.stat().st_size > 0 for f in files)
     loaded = json.loads((tmp_path / "metrics.json").read_text())  # strict JSON: NaN became null
     assert loaded["models"]["m1@0"]["drift"]["curve"][-1] is None

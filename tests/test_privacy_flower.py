@@ -63,7 +63,9 @@ def run_config(sites: list[Path], out: Path, **extra: object) -> dict[str, objec
 
 
 def read_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    """The training rounds' lines (evaluation rounds, ``phase == "evaluate"``, left out)."""
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [ln for ln in lines if ln.get("phase") != "evaluate"]
 
 
 def ok(proc) -> None:

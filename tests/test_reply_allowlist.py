@@ -1,12 +1,14 @@
 """Only model arrays and aggregate metrics leave a site: every ClientApp reply is checked key by key.
 
 The real ClientApp answers real Flower Messages built by the real server code (statistics query, then
-one training round per curriculum phase). Any record, array key or metric outside the allowlists below
-fails the test: adding something to a reply means adding it here, in review.
+one training round per curriculum phase, and evaluate messages under three small-cell thresholds). Any
+record, array key or metric outside the allowlists below fails the test: adding something to a reply
+means adding it here, in review.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -19,10 +21,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.app.metadata import Metadata
 
 from client.client_app import app
+from client.site import get_site
 from clin_jepa.curriculum import PHASES
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.stats import SiteStatistics, quantile_edges
+from clin_jepa.data.tasks import load_tasks
 from clin_jepa.federation import FederationConfig, plan_round
+from clin_jepa.models import GROUPS
 from server.state import ServerState
 from server.strategy import ClinJepaFedAvg
 
@@ -64,13 +69,22 @@ def _check_records(reply: Message, allowed: dict[str, type], where: str) -> None
         assert isinstance(record, allowed[name]), f"{where}: {name} is a {type(record).__name__}"
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("allowlist")
+def _synth(root, patients: int):
     done = subprocess.run([str(BIN / "clin-jepa"), "synth", "--out", str(root), "--sites", "1", "--patients",
-                           "40", "--seed", "5"], capture_output=True, text=True, timeout=120)
+                           str(patients), "--seed", "5"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return root / "hospital_a.yaml"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    return _synth(tmp_path_factory.mktemp("allowlist"), 40)
+
+
+@pytest.fixture(scope="module")
+def larger_site(tmp_path_factory):
+    """Enough held-out patients that the tasks' cells differ in size."""
+    return _synth(tmp_path_factory.mktemp("allowlist_eval"), 200)
 
 
 @pytest.mark.timeout(300)
@@ -126,3 +140,62 @@ def test_every_reply_carries_only_allowlisted_arrays_and_metrics(site):
     reply = app(_message(content, "train", 1), strict)
     _check_records(reply, TRAIN_RECORDS, "suppressed reply")
     assert set(reply.content["metrics"]) == {"num-examples"}
+
+
+EVALUATE_RECORDS = {"metrics": MetricRecord}
+# Aggregates over the site's held-out stays (probe scores, mean drift, cohort mean ratio), never per patient.
+EVALUATE_METRICS = {"num-examples", "eval-mean_auroc", "eval-displacement_ratio", "eval-drift_abs_late"}
+EVALUATE_PATTERNS = (re.compile(r"eval-(auroc|auprc)-[a-z0-9_]+"),)
+
+
+def _evaluate_reply(site, min_patients: int):
+    """The real ClientApp's answer to the server's evaluate message for an untrained global model."""
+    run_config = {"preset": "tiny", "synth-if-missing": False, "site-configs": str(site), "min-sites": 1}
+    cfg = FederationConfig.from_run_config(run_config)
+    node_config = {"site-config": str(site), "min-patients": min_patients}
+    context = Context(run_id=1, node_id=NODE, node_config=node_config, state=RecordDict(),
+                      run_config=run_config)
+    # the discretization comes from a statistics round without suppression: the model must have inputs
+    lenient = Context(run_id=1, node_id=NODE, node_config={"site-config": str(site), "min-patients": 1},
+                      state=RecordDict(), run_config=run_config)
+    stats = SiteStatistics.from_arrays({k: v.numpy() for k, v in app(
+        _message(RecordDict({"config": ConfigRecord({"what": "statistics"})}), "query.statistics", 0),
+        lenient).content["statistics"].items()})
+    state = ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state.flat(GROUPS).items()}),
+                          "config": ConfigRecord({"server-round": 1, "run-id": state.run_id,
+                                                  "discretization": json.dumps(state.disc.to_dict()),
+                                                  "model-config": json.dumps(state.model_cfg.to_dict())})})
+    reply = app(_message(content, "evaluate", 1), context)
+    _check_records(reply, EVALUATE_RECORDS, f"evaluate reply (min-patients {min_patients})")
+    metrics = dict(reply.content["metrics"])
+    _check_metrics(reply.content["metrics"], EVALUATE_METRICS, "evaluate reply", EVALUATE_PATTERNS)
+    return metrics, state.disc
+
+
+@pytest.mark.timeout(300)
+def test_evaluate_reply_carries_only_small_cell_safe_aggregates(larger_site):
+    site = larger_site
+    tasks = [t.name for t in load_tasks()]
+    everything, disc = _evaluate_reply(site, 1)
+    aurocs = {k.removeprefix("eval-auroc-"): v for k, v in everything.items() if k.startswith("eval-auroc-")}
+    assert everything["eval-mean_auroc"] == pytest.approx(np.mean(list(aurocs.values())))
+    for key, value in everything.items():
+        if key.startswith(("eval-auroc-", "eval-auprc-")):
+            assert key.split("-", 2)[2] in tasks and 0.0 <= value <= 1.0, (key, value)
+    assert everything["num-examples"] >= 1 and everything["eval-drift_abs_late"] > 0
+    # A hospital whose threshold no cell reaches sends the weight alone.
+    assert set(_evaluate_reply(site, 10**6)[0]) == {"num-examples"}
+    # A threshold between the tasks' cell sizes: a task's scores leave only when that many distinct
+    # held-out patients are positive and as many negative (counted here from the site's own stays).
+    held = get_site(site).eval_tensors(disc, 72).subset("held_out")
+    smaller = {t: min(len(np.unique(held.subject_id[held.labels[:, j] == c])) for c in (0, 1))
+               for j, t in enumerate(held.tasks) if t in aurocs}
+    k = sorted(set(smaller.values()))[-1]
+    partial, _ = _evaluate_reply(site, k)
+    kept = {key.removeprefix("eval-auroc-") for key in partial if key.startswith("eval-auroc-")}
+    assert kept == {t for t, n in smaller.items() if n >= k} and kept < set(aurocs), (smaller, k, kept)
+    # per-task scores and the drift are the same numbers; the means cover fewer tasks
+    assert all(partial[key] == everything[key] for key in partial
+               if key not in ("eval-mean_auroc", "eval-displacement_ratio"))
+    assert partial["eval-mean_auroc"] == pytest.approx(np.mean([aurocs[t] for t in kept]))

@@ -10,7 +10,8 @@ from pathlib import Path
 from clin_jepa.data.concepts import add_catalog_argument
 from clin_jepa.errors import ConfigError
 
-HELP = "evaluate checkpoint(s) on the sites' held-out stays; writes metrics.json, report.md and PNG plots"
+HELP = ("evaluate checkpoint(s) on the sites' held-out stays; writes metrics.json, report.md, report.html "
+        "and PNG plots")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
             stack.enter_context(verified_loads(checkpoint_verifier(args.public_key)))
         metrics = evaluate(args.checkpoints, args.sites, args.out, parse_labels(args.labels), settings,
                            progress=not args.quiet)
-    print(f"wrote {args.out}/metrics.json, report.md, plots, labels/ and predictions/ (MEDS label files)")
+    print(f"wrote {args.out}/metrics.json, report.md, report.html, plots, labels/ and predictions/ "
+          "(MEDS label files)")
     for label, m in metrics["models"].items():
         d, g, p = m["drift"], m["geometry"], m.get("paired")
         hidden = "" if g["hidden"] is None else f", hidden-cohort {fmt(g['hidden']['ratio'])}"

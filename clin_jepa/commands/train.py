@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(loss.context_mask=0.2) or the curriculum (curriculum.warmup=0.2); repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_catalog_argument(parser)
+    parser.add_argument("--tracking-uri", default="", metavar="URI",
+                        help="MLflow tracking URI (default: a local store in the run folder, "
+                             "sqlite:///DIR/mlflow/mlflow.db; 'off' = no tracking)")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -69,6 +75,23 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+@contextlib.contextmanager
+def _tracker(args: argparse.Namespace, out: Path,
+             params: dict[str, Any] | None = None) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """MLflow tracking of the run's records (``clin_jepa.tracking``), closed FAILED if training raises."""
+    from clin_jepa.tracking import Tracker, centralized_metrics, settings
+
+    warn = lambda text: print(f"clin-jepa train: warning: {text}", file=sys.stderr)  # noqa: E731
+    tracker = Tracker(args.tracking_uri, out, str(out.resolve()), f"centralized {out.name}",
+                      settings(params or {}), warn=warn)
+    status = "FAILED"
+    try:
+        yield lambda record: tracker.log(*centralized_metrics(record))
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+
+
 def run(args: argparse.Namespace) -> int:
     from clin_jepa.config import load_site_config
     from clin_jepa.curriculum import CurriculumConfig
@@ -84,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume continues the stored run with its own settings; drop {given}")
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise ConfigError("--resume DIR writes into DIR; do not give a different --out")
-        record = train_centralized(args.sites, args.resume, resume=True, progress=not args.no_progress)
+        with _tracker(args, Path(args.resume)) as on_record:
+            record = train_centralized(args.sites, args.resume, resume=True, progress=not args.no_progress,
+                                       on_record=on_record)
     else:
         if not args.out:
             raise ConfigError("--out DIR is required (or --resume DIR to continue a run)")
@@ -103,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
                                            **sets["curriculum"]})
         if args.lr is not None:
             ccfg = dataclasses.replace(ccfg, lr=args.lr, min_lr=min(ccfg.min_lr, args.lr))
-        record = train_centralized(args.sites, args.out, tcfg, ccfg, progress=not args.no_progress)
+        with _tracker(args, Path(args.out), {**tcfg.to_dict(), "curriculum": ccfg.to_dict()}) as on_record:
+            record = train_centralized(args.sites, args.out, tcfg, ccfg, progress=not args.no_progress,
+                                       on_record=on_record)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
              if k in ("step", "phase", "loss", "loss_step1", "emb_std_mean", "eff_rank", "drift")}
     print(f"done: {shown} -> {Path(args.resume or args.out) / 'ckpt.pt'}")

@@ -1,4 +1,5 @@
-"""Writing an evaluation: ``metrics.json`` (machine-readable), ``report.md`` (tables) and PNGs.
+"""Writing an evaluation: ``metrics.json`` (machine-readable), ``report.md`` (tables), PNGs, and
+``report.html`` (the tables and every plot in one self-contained file).
 
 ``metrics`` is the dict built by :mod:`clin_jepa.evaluation.runner`; its layout is documented in
 ``docs/evaluation.md``. Every file goes through an atomic write, so a reader never sees half a report.
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clin_jepa.evaluation.html import to_html
 from clin_jepa.evaluation.paired import group_of, mean_sd, summarize
 from clin_jepa.evaluation.plots import PLOTS, plot_auroc, plot_drift, plot_projection
 from clin_jepa.io import atomic_write_bytes, atomic_write_text
@@ -135,7 +137,7 @@ EXPLAIN = [
 ]
 
 
-def markdown(metrics: Mapping[str, Any]) -> str:
+def markdown(metrics: Mapping[str, Any], plots: Sequence[str] = PLOTS) -> str:
     s = metrics["settings"]
     tasks = metrics["data"]["tasks"]
     lines = ["# Clin-JEPA evaluation", "",
@@ -168,21 +170,23 @@ def markdown(metrics: Mapping[str, Any]) -> str:
                   for t, ts in probes["tasks"].items() if ts["skipped"]]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in PLOTS), ""]
+    lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in plots), ""]
     return "\n".join(lines)
 
 
 def write_report(out_dir: str | Path, metrics: Mapping[str, Any],
-                 projections: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[Path]:
-    """Write metrics.json, report.md and the plots into ``out_dir``; returns the paths written."""
+                 projections: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 extra_plots: Mapping[str, bytes] | None = None) -> list[Path]:
+    """Write metrics.json, report.md, report.html and the plots into ``out_dir``; returns the paths
+    written. ``extra_plots`` (file name -> PNG, e.g. a federated run's round plots) join the HTML."""
     out = Path(out_dir)
     clean = to_jsonable(metrics)
-    files = [
-        atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n", READABLE),
-        atomic_write_bytes(out / PLOTS[0], plot_drift(clean), READABLE),
-        atomic_write_bytes(out / PLOTS[1], plot_auroc(clean), READABLE),
-        atomic_write_bytes(out / PLOTS[2], plot_projection(projections, metrics["settings"]["context"]),
-                           READABLE),
-    ]
-    files.append(atomic_write_text(out / "report.md", markdown(clean), READABLE))
+    plots = {PLOTS[0]: plot_drift(clean), PLOTS[1]: plot_auroc(clean),
+             PLOTS[2]: plot_projection(projections, metrics["settings"]["context"]), **(extra_plots or {})}
+    files = [atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n", READABLE)]
+    files += [atomic_write_bytes(out / name, png, READABLE) for name, png in plots.items()]
+    text = markdown(clean, list(plots))
+    files.append(atomic_write_text(out / "report.md", text, READABLE))
+    page = to_html(text, plots, "Clin-JEPA evaluation")
+    files.append(atomic_write_text(out / "report.html", page, READABLE))
     return files

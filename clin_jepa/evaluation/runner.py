@@ -81,9 +81,18 @@ def _stay_definitions(sites: Sequence[str | Path]) -> dict[str, str]:
 def evaluate_model(m: LoadedModel, train: SiteTensors, held: SiteTensors, s: EvalSettings,
                    hidden: np.ndarray | None = None) -> ModelResult:
     """Drift, geometry and probes of one checkpoint; ``hidden`` = held-out rows' ground-truth cohorts."""
-    enc_held = encode(m.model, held, context=s.context, horizon=s.horizon,
+    result = measure(m.model, train, held, s, hidden)
+    result.metrics = {"checkpoint": str(m.path), **m.info, **result.metrics}
+    return result
+
+
+def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: EvalSettings,
+            hidden: np.ndarray | None = None) -> ModelResult:
+    """Drift, geometry and probes of one model: the one implementation behind ``clin-jepa evaluate`` and
+    a site's federated evaluation (:mod:`clin_jepa.evaluation.federated`)."""
+    enc_held = encode(model, held, context=s.context, horizon=s.horizon,
                       batch_size=s.batch_size, device=s.device)
-    enc_train = encode(m.model, train, context=s.context, horizon=None,
+    enc_train = encode(model, train, context=s.context, horizon=None,
                        batch_size=s.batch_size, device=s.device)
     horizon_slice = slice(s.context, s.context + s.horizon)
     valid = held.mask[:, horizon_slice]
@@ -101,8 +110,7 @@ def evaluate_model(m: LoadedModel, train: SiteTensors, held: SiteTensors, s: Eva
                                probe_features(enc_held.target, s.context), held.labels,
                                list(held.tasks), s.bootstrap, s.seed)
     proj = geometry.projection_2d(enc_held.target, held.mask, s.context, s.seed)
-    metrics = {"checkpoint": str(m.path), **m.info, "drift": drift_summary(curve, counts, copy_curve),
-               "geometry": geo, "probes": probes.to_dict()}
+    metrics = {"drift": drift_summary(curve, counts, copy_curve), "geometry": geo, "probes": probes.to_dict()}
     return ModelResult(metrics, (proj, held.mask, any_label if hidden is None else hidden), probes)
 
 
@@ -137,6 +145,19 @@ def _attach_noise(results: dict[str, ModelResult], baselines: dict[str, ProbeRes
                           "untrained_early": theirs["drift"]["early"],
                           "untrained_late": theirs["drift"]["late"]}
     return sd
+
+
+def _round_plots(models: Sequence[LoadedModel]) -> dict[str, bytes]:
+    """The round plots of the federated run each checkpoint comes from (its folder's ``metrics.jsonl``),
+    named ``<label>_rounds_*.png``; centralized runs have no rounds and add nothing."""
+    from clin_jepa.evaluation.rounds import read_lines, round_plots
+
+    out: dict[str, bytes] = {}
+    for m in models:
+        lines = read_lines(m.path.parent / "metrics.jsonl")
+        if any(isinstance(ln.get("round"), int) and ln["round"] >= 1 for ln in lines):
+            out.update({f"{m.label}_{name}": png for name, png in round_plots(lines).items()})
+    return out
 
 
 def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out_dir: str | Path,
@@ -201,7 +222,7 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
             "notes": notes,
         }
         bar.set_postfix_str("report")
-        write_report(out_dir, metrics, {k: r.projection for k, r in results.items()})
+        write_report(out_dir, metrics, {k: r.projection for k, r in results.items()}, _round_plots(models))
         scores = {**{k: r.probes.scores for k, r in results.items()},
                   **{k: p.scores for k, p in baselines.items()}}
         write_label_files(Path(out_dir), data, held, s.context, scores)
