@@ -30,7 +30,7 @@ from client.privacy import site_dp, train_round_with_dp
 from clin_jepa.config import SiteConfig, load_site_config
 from clin_jepa.curriculum import CurriculumConfig, Phase, StepPlan
 from clin_jepa.data.dataset import infinite_batches
-from clin_jepa.data.stats import Discretization, SiteStatistics, compute_site_statistics
+from clin_jepa.data.stats import Discretization, SiteStatistics, site_statistics
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
 from clin_jepa.device import compile_modules, resolve_device
@@ -105,7 +105,7 @@ class Site:
 
     def statistics(self) -> SiteStatistics:
         if self._stats is None:
-            self._stats = compute_site_statistics(self.cfg)
+            self._stats = site_statistics(self.cfg)
         return self._stats
 
     def train_tensors(self, disc: Discretization, hours: int) -> SiteTensors:
