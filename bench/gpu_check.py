@@ -22,8 +22,10 @@ is reported as skipped, never left half-run):
 4. runs one ``flwr run`` (Flower simulation, 2 synthetic sites, run config ``device = "cuda"``, each
    ClientApp worker with half the GPU) and prints its rounds.
 
-Prints one line per result and ends with a summary; writes ``gpu_check.json`` (and the logs) to ``--out``
-(default ``$OUT`` when set, else ``runs/gpu_check``). Exit status: 0 when every step that ran passed.
+Prints one line per result and ends with a summary; writes ``gpu_check.json``, ``cuda_tests.log`` and
+``flwr_run.log`` (3 files: the device tool returns at most 8) to ``--out`` (default ``$OUT`` when set, else
+``runs/gpu_check``); the federation's data and checkpoints stay in the temp folder. Exit status: 0 when
+every step that ran passed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -216,12 +219,12 @@ def train_preset(name: str, batch: int, hours: int, steps: int, compile_: bool, 
     return row
 
 
-def flower_on_cuda(out: Path, budget: Budget) -> dict:
+def flower_on_cuda(out: Path, budget: Budget, device: str = "cuda") -> dict:
     import yaml
 
     from clin_jepa.localrun import LocalFlower
 
-    work = out / "flower"
+    work = Path(tempfile.gettempdir()) / "clin-jepa-gpu-check-flower"  # data and checkpoints: not in --out
     shutil.rmtree(work, ignore_errors=True)
     sites_dir = work / "sites"
     subprocess.run([sys.executable, "-m", "clin_jepa.cli", "synth", "--out", str(sites_dir), "--sites", "2",
@@ -233,12 +236,13 @@ def flower_on_cuda(out: Path, budget: Budget) -> dict:
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
     ckpt, rounds = work / "ckpt", 3
     config = {"preset": "small", "num-rounds": rounds, "local-steps": 10, "batch-size": 64, "hours": 72,
-              "device": "cuda", "site-configs": ",".join(map(str, sites)), "checkpoint-dir": str(ckpt),
+              "device": device, "site-configs": ",".join(map(str, sites)), "checkpoint-dir": str(ckpt),
               "synth-if-missing": False, "min-sites": 2, "round-timeout": 300.0}
     t0 = time.perf_counter()
     with LocalFlower(work / "flwr_home", ROOT, work / "superlink.log") as fl:
+        gpus = {"client-resources-num-gpus": 0.5} if device == "cuda" else {}
         proc = fl.run(ROOT, config, num_supernodes=2, timeout=max(60.0, budget.left() - 10),
-                      federation={"client-resources-num-gpus": 0.5, "init-args-log-to-driver": False})
+                      federation={**gpus, "init-args-log-to-driver": False})
     wall = time.perf_counter() - t0
     (out / "flwr_run.log").write_text(proc.stdout)
     lines = ([json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -247,7 +251,7 @@ def flower_on_cuda(out: Path, budget: Budget) -> dict:
     for ln in lines[1:]:
         say(f"  round {ln['round']} ({ln['phase']}): loss {ln['aggregate'].get('loss', float('nan')):.4f}, "
             f"{ln['accepted']} sites, {ln['round_time_s']:.1f} s")
-    say(f"flwr run, 2 sites, device=cuda, small preset, {rounds} rounds x 10 steps: {wall:.0f} s, "
+    say(f"flwr run, 2 sites, device={device}, small preset, {rounds} rounds x 10 steps: {wall:.0f} s, "
         f"exit {proc.returncode} -> {'PASS' if ok else 'FAIL (see flwr_run.log)'}")
     return {"ok": ok, "wall_s": wall, "rounds": [{k: ln.get(k) for k in ("round", "phase", "round_time_s")}
                                                   for ln in lines[1:]]}
@@ -265,10 +269,15 @@ def main() -> int:
     ap.add_argument("--hours", type=int, default=72)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "train", "flower"])
+    ap.add_argument("--dry-run-cpu", action="store_true",
+                    help="no GPU needed: only the Flower step, with device = cpu (checks the plumbing here)")
     args = ap.parse_args()
     if args.fetch_wheels:
         fetch_wheels(args.fetch_wheels)
         return 0
+    if args.dry_run_cpu:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return 0 if flower_on_cuda(args.out, Budget(args.budget_s), device="cpu")["ok"] else 1
     import torch
 
     if not torch.cuda.is_available():

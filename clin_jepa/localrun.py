@@ -49,11 +49,15 @@ RAY_HOOK = "clin_jepa.localrun.ray_runtime_env_hook"
 
 
 def _ignored_dirs_spec(app: Path):  # -> pathspec.PathSpec (imported lazily: a dependency of Flower)
+    import warnings
+
     import pathspec
 
     gitignore = app / ".gitignore"
     lines = gitignore.read_text().splitlines() if gitignore.is_file() else []
-    return pathspec.PathSpec.from_lines("gitwildmatch", lines)
+    with warnings.catch_warnings():  # the pattern style `flwr` itself reads .gitignore with
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pathspec.PathSpec.from_lines("gitwildmatch", lines)
 
 
 def stage_app(app: Path, dest: Path) -> Path:

@@ -138,7 +138,7 @@ def test_client_side_clipping_bounds_the_reply_the_server_decodes(site):
     from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
     clip, dtype = 1e-3, "float16"
-    run_config = {"num-rounds": 2, "local-steps": 2, "preset": "tiny", "synth-if-missing": False,
+    run_config = {"num-rounds": 2, "local-steps": 1, "preset": "tiny", "synth-if-missing": False,
                   "site-configs": str(site), "min-sites": 1, "dp-central": "client-fixed",
                   "dp-clipping-norm": clip, "transport-dtype": dtype}
     cfg = FederationConfig.from_run_config(run_config)
