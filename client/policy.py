@@ -15,7 +15,6 @@ from flwr.app import Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import log
 
-from client.site import get_site, site_config_path
 from clin_jepa.federation import FederationConfig
 from clin_jepa.site_policy import REFUSED_CODE, allows_test_faults, refusal_text, refusals
 
@@ -30,6 +29,8 @@ def _round_local_steps(msg: Message) -> int | None:
 def refuse_outside_limits(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Answer with a refusal instead of running the handler when the run asks more than this site allows
     (its site config ``limits:``) or carries a test hook this node did not opt in to."""
+    from client.site import get_site, site_config_path  # torch: loaded where a message is handled
+
     node_config = dict(context.node_config)
     fed = FederationConfig.from_run_config(context.run_config)
     site = get_site(site_config_path(node_config, fed)).cfg

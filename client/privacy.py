@@ -1,5 +1,5 @@
 """Client side of differential privacy: a site's DP-SGD round with its ledger, the reply of a site whose
-budget is spent, and Flower's client-side clipping mod applied only when the server's DP wrapper asks.
+budget is spent, and the bound of client-side fixed clipping when the server's DP wrapper asks for it.
 """
 
 from __future__ import annotations
@@ -7,13 +7,12 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp.mod import fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from clin_jepa.config import SiteConfig
 from clin_jepa.data.tokenize import SiteTensors
+from clin_jepa.errors import ConfigError
 from clin_jepa.federation import FederationConfig
 from clin_jepa.models import ClinJEPA
 from clin_jepa.privacy import (
@@ -73,19 +72,22 @@ def budget_exhausted_reply(msg: Message, exc: BudgetExhausted) -> Message:
                                "status": ConfigRecord({"reason": str(exc)})}), reply_to=msg)
 
 
-def clip_if_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's ``fixedclipping_mod`` when the message carries the DP wrapper's clipping norm (client-side
-    fixed clipping); otherwise, and for a budget-exhausted reply (nothing to clip), the handler's reply."""
-    config = next(iter(msg.content.config_records.values()), None)
-    if config is None or KEY_CLIPPING_NORM not in config:
-        return call_next(msg, context)
-    inner: list[Message] = []
+def client_clipping_norm(config: ConfigRecord, fed: FederationConfig) -> float | None:
+    """The L2 bound this site clips its round's update to, or None (no client-side clipping).
 
-    def run(m: Message, c: Context) -> Message:
-        inner.append(call_next(m, c))
-        return inner[-1]
-
-    clipped = fixedclipping_mod(msg, context, run)
-    if inner and not inner[0].has_error() and not inner[0].content.array_records:
-        return inner[0]
-    return clipped
+    Flower's ``DifferentialPrivacyClientSideFixedClipping`` puts its clipping norm into every training
+    message (``KEY_CLIPPING_NORM``). The site clips the update itself, in float32 and before the cast for
+    transport (``clin_jepa.federation.encode_reply``), instead of Flower's ``fixedclipping_mod``, which
+    clips whatever the handler returns as if it were weights and so cannot clip a half-precision update.
+    Under ``dp-central = client-fixed`` a message without the norm is an error (never an unclipped reply),
+    and where the message and the run config disagree, the smaller bound is used.
+    """
+    asked = config.get(KEY_CLIPPING_NORM)
+    if asked is None:
+        if fed.dp_central == "client-fixed":
+            # a ConfigError: the refusal itself (not patient data) is what the coordinator must read
+            raise ConfigError("run config dp-central = client-fixed, but the training message carries no "
+                               "clipping norm: refusing to send an unclipped update")
+        return None
+    norm = float(asked)
+    return min(norm, fed.dp_clipping_norm) if fed.dp_central == "client-fixed" else norm

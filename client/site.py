@@ -31,7 +31,7 @@ from clin_jepa.config import SiteConfig, load_site_config
 from clin_jepa.curriculum import CurriculumConfig, Phase, StepPlan
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.dataset import infinite_batches
-from clin_jepa.data.stats import Discretization, SiteStatistics, compute_site_statistics
+from clin_jepa.data.stats import Discretization, SiteStatistics, site_statistics
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
 from clin_jepa.device import compile_modules, resolve_device
@@ -108,9 +108,10 @@ class Site:
         return self.cfg.site
 
     def statistics(self) -> SiteStatistics:
+        # keyed by the catalog in use: a process may serve runs of federations with different vocabularies
         catalog = load_concepts().fingerprint()
         if self._stats is None or self._stats[0] != catalog:
-            self._stats = (catalog, compute_site_statistics(self.cfg))
+            self._stats = (catalog, site_statistics(self.cfg))
         return self._stats[1]
 
     def train_tensors(self, disc: Discretization, hours: int) -> SiteTensors:

@@ -22,7 +22,9 @@ DEVICES = ("cpu", "cuda", "auto")
 MAX_YAML_BYTES = 1 << 20
 MAX_REGEX_CHARS = 1000
 MAX_BATCH_SIZE = 1 << 16  # beyond this a batch cannot fit any device this project targets
-TRANSPORT_DTYPES = ("float32", "float16")
+# Reply formats: the trained weights themselves (float32), or the round's update in half precision
+# (clin_jepa.federation.encode_reply); float16 is the default transport.
+TRANSPORT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)

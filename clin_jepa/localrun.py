@@ -10,12 +10,25 @@ config resolve there. Its simulated sites act on test hooks (run config ``inject
 ``allow_test_faults=False``: Flower's simulation cannot give nodes an ``allow-test-faults`` node config, so
 the opt-in travels in the environment (``clin_jepa.site_policy.SIMULATION_OPT_IN_ENV``). This module
 starts processes only; it does not import Flower.
+
+What a short run spends outside training is kept small here (bench/fl_overhead.py):
+
+* `flwr run APP` builds the FAB by walking *every* file under APP before filtering (47,000 files with the
+  project's ``.venv`` inside the checkout: 3-12 s per run). :meth:`LocalFlower.run` hands it a staged
+  copy of the app instead (:func:`stage_app`: hard links of the files outside ignored folders), which
+  yields the same FAB, byte for byte;
+* the SuperExec polls for new runs every 1 s by default (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``): 0.1 s;
+* Flower starts Ray with a job runtime env that only repeats ``PYTHONPATH``, which Ray's workers inherit
+  anyway; a non-empty runtime env makes Ray discard the workers it prestarted and start new ones through
+  its ``setup_worker`` (one more interpreter start per worker before the first message).
+  :func:`ray_runtime_env_hook` (``RAY_RUNTIME_ENV_HOOK``) drops exactly that redundant runtime env.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +40,65 @@ from pathlib import Path
 
 from clin_jepa.site_policy import SIMULATION_OPT_IN_ENV
 
-BIN = Path(sys.executable).parent
+# Flower's commands (flwr, flower-superlink, flwr-simulation): next to this interpreter, or where
+# CLIN_JEPA_FLOWER_BIN says (bench/gpu_check.py installs Flower into a folder of its own on a GPU image).
+BIN = Path(os.environ.get("CLIN_JEPA_FLOWER_BIN") or Path(sys.executable).parent)
+# Folders never part of a Flower app (besides the app's own .gitignore): pruned before walking.
+NEVER_IN_APP = (".venv", "__pycache__", ".flwr", ".git", "node_modules")
+RAY_HOOK = "clin_jepa.localrun.ray_runtime_env_hook"
+
+
+def _ignored_dirs_spec(app: Path):  # -> pathspec.PathSpec (imported lazily: a dependency of Flower)
+    import warnings
+
+    import pathspec
+
+    gitignore = app / ".gitignore"
+    lines = gitignore.read_text().splitlines() if gitignore.is_file() else []
+    with warnings.catch_warnings():  # the pattern style `flwr` itself reads .gitignore with
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pathspec.PathSpec.from_lines("gitwildmatch", lines)
+
+
+def stage_app(app: Path, dest: Path) -> Path:
+    """``dest`` made a copy of the Flower app in ``app`` holding what `flwr run` could put in its FAB: every
+    file except those under folders the app's ``.gitignore`` ignores and under :data:`NEVER_IN_APP`
+    (hard links where the file system allows, else copies; symbolic links are left out, as `flwr`
+    does). `flwr run dest` then builds the same FAB as `flwr run app`, without walking a virtual
+    environment or data folders inside the checkout. Returns ``dest``."""
+    app = Path(app).resolve()
+    spec = _ignored_dirs_spec(app)
+    if dest.exists():
+        shutil.rmtree(dest)
+    for dirpath, dirnames, filenames in os.walk(app, followlinks=False):
+        rel = Path(dirpath).relative_to(app)
+        dirnames[:] = [d for d in dirnames if d not in NEVER_IN_APP
+                       and not (Path(dirpath) / d).is_symlink()
+                       and not spec.match_file(f"{(rel / d).as_posix()}/")]
+        for name in filenames:
+            src = Path(dirpath) / name
+            if src.is_symlink() or spec.match_file((rel / name).as_posix()):
+                continue
+            target = dest / rel / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copy2(src, target)
+    return dest
+
+
+def ray_runtime_env_hook(runtime_env: dict | None) -> dict | None:
+    """Ray's ``RAY_RUNTIME_ENV_HOOK`` for local simulations: a job runtime env that only sets environment
+    variables the driver already has (Flower 1.42 passes ``env_vars={"PYTHONPATH": ...}`` after putting
+    the same value into ``os.environ``) becomes no runtime env; the raylet that ``ray.init`` starts, and
+    so every worker, inherits those variables. Anything else is returned unchanged."""
+    if not runtime_env or set(runtime_env) != {"env_vars"}:
+        return runtime_env
+    env_vars = runtime_env["env_vars"] or {}
+    if all(os.environ.get(k) == v for k, v in env_vars.items()):
+        return {}
+    return runtime_env
 
 
 def free_port() -> int:
@@ -101,6 +172,9 @@ class LocalFlower:
                     # behind any other busy process on a shared machine: 5x slower per step than the same
                     # steps in `clin-jepa train` at load ~8 on 2 cores (bench/fl_overhead.py).
                     "RAY_worker_niceness": "0",
+                    # see the module docstring: no redundant runtime env, no 1 s wait for the SuperExec
+                    "RAY_RUNTIME_ENV_HOOK": RAY_HOOK, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+                    "RAY_USAGE_STATS_ENABLED": "0",
                     SIMULATION_OPT_IN_ENV: "1" if allow_test_faults else "0"}
         self.superlink: subprocess.Popen | None = None
         self.seen: set[int] = set()
@@ -135,6 +209,7 @@ class LocalFlower:
         (``echo`` also prints it live). ``federation`` adds simulation settings to `--federation-config`
         (e.g. ``{"client-resources-num-gpus": 0.5}``). Never raises on a failed run: callers check it."""
         overrides = " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())
+        app = stage_app(Path(app), self.home / "app")
         sim = {"num-supernodes": num_supernodes, "client-resources-num-cpus": cpus_per_node,
                **(federation or {})}
         cmd = [str(BIN / "flwr"), "run", str(app), "--stream",

@@ -96,7 +96,7 @@ def prepare_sites(paths: Sequence[str | Path], hours: int = 72, disc: Any = None
     """Load site configs; without ``disc``, run the statistics round (per-site histograms with small
     cells suppressed, merged, quantile edges) as the federation would; tokenize every site and pool the
     train splits."""
-    from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
+    from clin_jepa.data.stats import merge_statistics, quantile_edges, site_statistics
     from clin_jepa.data.tasks import load_tasks
     from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
     from clin_jepa.security.disclosure import DEFAULT_MIN_PATIENTS
@@ -110,7 +110,7 @@ def prepare_sites(paths: Sequence[str | Path], hours: int = 72, disc: Any = None
     if disc is None:
         # the same small-cell suppression a federated site applies (at the default threshold), so a
         # pooled or local-only run shares the federation's discretization of the same data
-        stats = [compute_site_statistics(c).suppressed(DEFAULT_MIN_PATIENTS) for c in cfgs]
+        stats = [site_statistics(c).suppressed(DEFAULT_MIN_PATIENTS) for c in cfgs]
         disc = quantile_edges(merge_statistics(stats))
     tasks = load_tasks()
     train = SiteTensors.concat([build_site_tensors(c, disc, tasks, hours).subset("train") for c in cfgs])

@@ -2,8 +2,9 @@
 
 The screen runs outside ``FedAvg.aggregate_train`` (which stays Flower's own, so Flower's DP wrappers and
 their accountant accept the strategy) and hands it only replies that can be averaged: exactly the keys,
-shapes and dtypes that were sent, finite values, a positive ``num-examples``, and an update norm within
-``max-norm-ratio`` x the median of the other replies.
+shapes and dtypes that were sent, finite values, a positive ``num-examples``, an update norm within
+``max-norm-ratio`` x the median of the other replies and, under client-side clipping, within the clipping
+norm the site was asked to clip to (an honest site guarantees it exactly: ``encode_reply``).
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def _check_content(msg: Message, sent: Mapping[str, np.ndarray]) -> str | None:
 
 
 def screen_replies(replies: Iterable[Message], asked: Iterable[int], sent: Mapping[str, np.ndarray],
-                   max_norm_ratio: float) -> Screened:
-    """Split ``replies`` into averageable ones and per-node problems (see :class:`Screened`)."""
+                   max_norm_ratio: float, max_update_norm: float | None = None) -> Screened:
+    """Split ``replies`` into averageable ones and per-node problems (see :class:`Screened`);
+    ``max_update_norm`` rejects any update whose L2 norm exceeds it (client-side DP clipping)."""
     out = Screened()
     answered = set()
     candidates: list[Message] = []
@@ -91,6 +93,11 @@ def screen_replies(replies: Iterable[Message], asked: Iterable[int], sent: Mappi
         for msg in candidates}
     out.norms = norms
     flagged = norm_outliers(norms, max_norm_ratio)
+    if max_update_norm is not None:
+        for node, norm in norms.items():
+            if norm > max_update_norm:
+                flagged[node] = (f"update norm {norm:.6g} exceeds the clipping norm {max_update_norm:g} "
+                                 "the site was asked to clip to")
     for msg in candidates:
         node = msg.metadata.src_node_id
         if node in flagged:

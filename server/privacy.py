@@ -4,10 +4,11 @@
   phase-aware FedAvg with Flower's own RDP accountant (``flwr.supercore.privacy_accounting``; needs
   ``flwr[dp]``). Every site trains every round (no sampling), so each round is one Gaussian release with
   no amplification; Flower's accounted mode also needs a uniform average, so FedAvg weighs every reply
-  by the constant ``dp-uniform-weight`` metric the clients add. Clipping (on the client by
-  ``fixedclipping_mod``, or on the server) and noise act on the one ArrayRecord a round exchanges, i.e.
-  exactly the parameter groups the phase trains; the frozen groups ride in the ConfigRecord and are not
-  updated by the round.
+  by the constant ``dp-uniform-weight`` metric the clients add. Clipping (at the site, in float32 before
+  the cast for transport, ``clin_jepa.federation.encode_reply``; or here, by Flower's wrapper on the
+  decoded float32 reply) and noise (float32) act on the one ArrayRecord a round exchanges, i.e. exactly
+  the parameter groups the phase trains; the frozen groups ride in the ConfigRecord and are not updated
+  by the round.
 * Sample-level DP happens at the sites; here their replies' cumulative ε are collected per round, and a
   reply saying ``dp-budget-exhausted = 1`` is logged with that status.
 

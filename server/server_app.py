@@ -20,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from flwr.superlink.grid import InMemoryGrid
 
 from clin_jepa.cli import main as clin_jepa_cli
 from clin_jepa.config import load_site_config
@@ -38,10 +39,14 @@ from server.strategy import PhaseAware, build_strategy, wrap_for_privacy
 from server.weights import apply_server_weights
 
 app = ServerApp()
+# A simulation's in-memory grid looks for replies every 0.1 s by default: up to 0.1 s idle per round.
+SIMULATION_PULL_INTERVAL_S = 0.01
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    if isinstance(grid, InMemoryGrid):
+        grid.pull_interval = min(grid.pull_interval, SIMULATION_PULL_INTERVAL_S)
     try:
         cfg = FederationConfig.from_run_config(context.run_config)
         run_federation(grid, cfg)
@@ -119,13 +124,14 @@ def _nbytes(record: ArrayRecord) -> int:
     return sum(len(a.data) for a in record.values())
 
 
-def decode_updates(msg: Message, sent: dict[str, np.ndarray]) -> None:
+def decode_updates(msg: Message, sent: dict[str, np.ndarray], dtype: str = "float16") -> None:
     """Turn a reduced-precision reply (``transport-dtype``) back into float32 weights in place, before the
-    screen and FedAvg see it; error replies and arrays that do not match what was sent stay as they are."""
+    screen, Flower's DP wrappers (clipping and noise in float32) and FedAvg see it; error replies and
+    arrays that do not match what was sent stay as they are."""
     if msg.has_error():
         return
     for name, record in list(msg.content.array_records.items()):
-        decoded = decode_reply({k: a.numpy() for k, a in record.items()}, sent)
+        decoded = decode_reply({k: a.numpy() for k, a in record.items()}, sent, dtype)
         msg.content[name] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in decoded.items()})
 
 
@@ -148,8 +154,10 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: P
                                                  for k in r}) for m in replies if not m.has_error()}
     if cfg.transport_dtype != "float32":
         for msg in replies:
-            decode_updates(msg, sent)
-    screened = screen_replies(replies, asked, sent, cfg.max_norm_ratio)
+            decode_updates(msg, sent, cfg.transport_dtype)
+    # Under client-side clipping every site promised an update within the clipping norm: hold it to that.
+    bound = cfg.dp_clipping_norm if cfg.dp_central == "client-fixed" else None
+    screened = screen_replies(replies, asked, sent, cfg.max_norm_ratio, max_update_norm=bound)
     sites: dict[str, dict[str, Any]] = {}
     for msg in replies:
         node = msg.metadata.src_node_id

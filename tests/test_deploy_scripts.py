@@ -60,7 +60,10 @@ def test_insecure_supernode_warns_loudly(tmp_path):
         head = "".join(proc.stdout.readline() for _ in range(4))
     finally:
         for pid in related_pids([proc.pid], [str(tmp_path)]):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # it exited between the listing and the kill
+                pass
         proc.wait(timeout=20)
     wait_for(lambda: not related_pids([], [str(tmp_path)]), 20, "the SuperNode's processes to exit")
     assert "WARNING: INSECURE MODE (SuperNode)" in head and "TLS is OFF" in head

@@ -26,7 +26,8 @@ from clin_jepa.curriculum import PHASES
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.stats import SiteStatistics, quantile_edges
 from clin_jepa.data.tasks import load_tasks
-from clin_jepa.federation import FederationConfig, plan_round
+from clin_jepa.errors import ConfigError
+from clin_jepa.federation import FederationConfig, decode_reply, plan_round, update_norm
 from clin_jepa.models import GROUPS
 from server.state import ServerState
 from server.strategy import ClinJepaFedAvg
@@ -118,8 +119,11 @@ def test_every_reply_carries_only_allowlisted_arrays_and_metrics(site):
         reply = app(_message(content, "train", rnd), context)
         where = f"round {rnd} ({plan.phase}) reply"
         _check_records(reply, TRAIN_RECORDS, where)
-        back = {k: v.numpy() for k, v in reply.content["arrays"].items()}
-        assert set(back) == set(sent), f"{where}: array keys differ from the groups the server sent"
+        wire = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+        assert set(wire) == set(sent), f"{where}: array keys differ from the groups the server sent"
+        # the default transport: the round's update in float16, which the server adds to what it sent
+        assert cfg.transport_dtype == "float16" and all(v.dtype == np.float16 for v in wire.values())
+        back = decode_reply(wire, sent, cfg.transport_dtype)
         for key, value in back.items():
             assert value.shape == sent[key].shape and value.dtype == sent[key].dtype, f"{where}: {key}"
             assert np.isfinite(value).all(), f"{where}: {key} has NaN/inf"
@@ -199,3 +203,43 @@ def test_evaluate_reply_carries_only_small_cell_safe_aggregates(larger_site):
     assert all(partial[key] == everything[key] for key in partial
                if key not in ("eval-mean_auroc", "eval-displacement_ratio"))
     assert partial["eval-mean_auroc"] == pytest.approx(np.mean([aurocs[t] for t in kept]))
+@pytest.mark.timeout(300)
+def test_client_side_clipping_bounds_the_reply_the_server_decodes(site):
+    """dp-central = client-fixed with the default float16 transport: the server's DP wrapper puts the
+    clipping norm into the message; the site clips in float32 before the cast, and what the server decodes
+    is within the norm (the cast itself under attack: test_federation_transport.py)."""
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    clip, dtype = 1e-3, "float16"
+    run_config = {"num-rounds": 2, "local-steps": 1, "preset": "tiny", "synth-if-missing": False,
+                  "site-configs": str(site), "min-sites": 1, "dp-central": "client-fixed",
+                  "dp-clipping-norm": clip, "transport-dtype": dtype}
+    cfg = FederationConfig.from_run_config(run_config)
+    context = Context(run_id=1, node_id=NODE, node_config={"site-config": str(site)}, state=RecordDict(),
+                      run_config=run_config)
+    query = RecordDict({"config": ConfigRecord({"what": "statistics"})})
+    stats = SiteStatistics.from_arrays({k: v.numpy() for k, v in
+                                        app(_message(query, "query.statistics", 0), context)
+                                        .content["statistics"].items()})
+    state = ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))
+    strategy = ClinJepaFedAvg(cfg, state, {NODE: "hospital_a"})
+    wrapper = DifferentialPrivacyClientSideFixedClipping(strategy, 0.0, clip, 1)
+    plan = plan_round(1, cfg)
+    state.begin_round(plan)
+    sent = state.flat(plan.upload)
+    config = ConfigRecord({**dict(strategy.round_config(1)), "run-id": f"clip-{dtype}"})
+    config[KEY_CLIPPING_NORM] = wrapper.clipping_norm  # what the wrapper's configure_train adds
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in sent.items()}), "config": config})
+    reply = app(_message(content, "train", 1), context)
+    _check_records(reply, TRAIN_RECORDS, "clipped reply")
+    wire = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    assert all(v.dtype == np.dtype(dtype) for v in wire.values())
+    norm = update_norm(decode_reply(wire, sent, dtype), sent)
+    assert 0.9 * clip < norm <= clip  # trained past the norm, clipped to it
+
+    del config[KEY_CLIPPING_NORM]  # a client-fixed run whose message lacks the norm: no unclipped reply
+    config["run-id"] = f"clip-{dtype}-missing"
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in sent.items()}), "config": config})
+    with pytest.raises(ConfigError, match="no clipping norm"):  # Flower turns it into an error reply
+        app(_message(content, "train", 1), context)

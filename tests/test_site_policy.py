@@ -30,12 +30,12 @@ from clin_jepa.site_policy import (
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "internals.md"
 # A limits block below every default, so that "at the limit" and "one past it" are both small requests.
 LIMITS = {"max_local_steps": 3, "max_batch_size": 8, "max_hours": 48, "devices": ["cpu"],
-          "transport_dtypes": ["float32"], "compile": False}
+          "transport_dtypes": ["float16"], "compile": False}
 # a run within LIMITS, which each test then changes in one key
 WITHIN = {"local-steps": 1, "hours": 48}
 # per bounded key: (the most the site above allows, one step past it)
 AT_AND_PAST_LIMIT = {"local-steps": (3, 4), "batch-size": (8, 9), "hours": (48, 49),
-                     "device": ("cpu", "cuda"), "transport-dtype": ("float32", "float16"),
+                     "device": ("cpu", "cuda"), "transport-dtype": ("float16", "bfloat16"),
                      "compile": (False, True)}
 # per safe key: a valid value other than the default (the coordinator's free choice)
 SAFE_VALUES = {
@@ -135,7 +135,7 @@ def test_bad_limits_are_config_errors(tmp_path, limits, words):
 def test_limits_round_trip_through_yaml(tmp_path):
     path = tmp_path / "hospital_x.yaml"
     path.write_text(yaml.safe_dump({**site_config_dict(tmp_path, tmp_path), "limits": LIMITS}))
-    assert load_site_config(path).limits == SiteLimits(3, 8, 48, ("cpu",), ("float32",), False)
+    assert load_site_config(path).limits == SiteLimits(3, 8, 48, ("cpu",), ("float16",), False)
 
 
 def test_a_deployed_node_refuses_the_test_hook_whoever_it_names(tmp_path):

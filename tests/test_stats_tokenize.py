@@ -21,6 +21,7 @@ from clin_jepa.data.stats import (
     compute_site_statistics,
     merge_statistics,
     quantile_edges,
+    site_statistics,
 )
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.data.tokenize import SiteTensors, build_site_tensors, tokenize_dataset
@@ -184,6 +185,31 @@ def test_cache_hit_corrupt_rebuild_and_invalidation(handmade_site) -> None:
     shard = next((handmade_site.data_path / "data").rglob("*.parquet"))
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
     assert build_site_tensors(handmade_site, disc, tasks).meta["cache"] == "miss"
+
+
+def test_statistics_cache_hit_corrupt_recompute_and_invalidation(handmade_site) -> None:
+    """The statistics round reads a site's data once per version of it: later rounds (and runs) answer
+    from the site's cache, which is never trusted when damaged and follows every change of the data."""
+    fields = ("hist", "counts", "cell_patients", "concept_patients", "n_subjects", "n_stays")
+
+    def same(a: SiteStatistics, b: SiteStatistics) -> bool:
+        return all(np.array_equal(getattr(a, f), getattr(b, f)) for f in fields)
+
+    fresh = compute_site_statistics(handmade_site)
+    cache = handmade_site.state_dir / "cache"
+    assert same(site_statistics(handmade_site), fresh)  # computed and stored
+    (path,) = cache.glob("statistics-*.npz")
+    stamp = path.stat().st_mtime_ns
+    assert same(site_statistics(handmade_site), fresh) and path.stat().st_mtime_ns == stamp  # a hit
+    assert same(site_statistics(handmade_site).suppressed(2), fresh.suppressed(2))
+    for damage in (b"garbage", path.read_bytes()[:-40] + b"\xff" * 40):
+        path.write_bytes(damage)
+        assert same(site_statistics(handmade_site), fresh)  # recomputed, never trusted
+        assert same(site_statistics(handmade_site), fresh)
+    shard = next((handmade_site.data_path / "data").rglob("*.parquet"))
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    site_statistics(handmade_site)
+    assert len(list(cache.glob("statistics-*.npz"))) == 2  # another version of the data, another file
 
 
 def test_make_loader_yields_every_row_once_with_batch_first_inputs(handmade_site) -> None:

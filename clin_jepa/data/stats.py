@@ -9,16 +9,21 @@ Only these counts ever leave a site, never rows.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from dataclasses import dataclass, field
+import zipfile
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from clin_jepa.config import SiteConfig
 from clin_jepa.data.concepts import check_site_catalog, load_concepts
 from clin_jepa.data.harmonize import CodeMapper, find_stays, harmonize
-from clin_jepa.data.meds import NAT, SPLIT_CODE, iter_shards, read_splits
+from clin_jepa.data.meds import NAT, SPLIT_CODE, iter_shards, read_splits, shard_paths, splits_path
 from clin_jepa.errors import ClinJepaError
+from clin_jepa.io import atomic_write_bytes
 
 HIST_CELLS = 512
 DEFAULT_BINS = 10
@@ -153,6 +158,77 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
         stays = find_stays(h)
         out.n_stays += int((stays.eligible & np.isin(stays.subject, train_ids)).sum())
     return out
+
+
+# ---- cache: a site computes its statistics once per version of its data --------------------------------
+STATS_CACHE_VERSION = 1
+_STATS_FIELDS = ("hist", "counts", "cell_patients", "concept_patients")
+
+
+def statistics_cache_key(cfg: SiteConfig) -> str:
+    """sha256 over everything :func:`compute_site_statistics` depends on: the data files' names, sizes and
+    mtimes (and the splits file's), the site's mapping (with declared conversions), stay definition and
+    data-quality policies, the concept catalog in use (its fingerprint), and the histogram grid."""
+    root = cfg.data_path
+    paths = [*shard_paths(root), splits_path(root)]
+    stat = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.exists()]
+    content = {
+        "version": STATS_CACHE_VERSION, "cells": HIST_CELLS, "files": stat,
+        "concepts": load_concepts().fingerprint(),
+        "mapping": {"site": cfg.site, "stay": asdict(cfg.stay), "quality": asdict(cfg.data_quality),
+                    "ignore": list(cfg.ignore_codes),
+                    "code_map": [[r.pattern, r.regex, r.concept, r.unit, r.scale, r.offset]
+                                 for r in cfg.code_map]},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _stats_digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _load_statistics(path: Path) -> SiteStatistics | None:
+    """The statistics in ``path``, or None if the file is missing, unreadable, fails its digest or does
+    not fit this vocabulary."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {f: z[f] for f in (*_STATS_FIELDS, "n")}
+            digest = str(z["digest"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    if digest != _stats_digest(arrays):
+        return None
+    ref = SiteStatistics.empty()
+    if any(arrays[f].shape != getattr(ref, f).shape or arrays[f].dtype != np.int64 for f in _STATS_FIELDS):
+        return None
+    n_subjects, n_stays = (int(x) for x in arrays["n"])
+    return SiteStatistics(arrays["hist"], arrays["counts"], n_subjects, n_stays, arrays["cell_patients"],
+                          arrays["concept_patients"])
+
+
+def site_statistics(cfg: SiteConfig, use_cache: bool = True) -> SiteStatistics:
+    """:func:`compute_site_statistics`, kept in ``cfg.state_dir/cache/statistics-<key>.npz`` (at the site,
+    next to the tensor cache; with the patients per cell, which never leave it): a site answers every
+    statistics round after the first from the file, without reading its data again. A file that cannot
+    be read or fails its digest is recomputed and overwritten, never trusted."""
+    path = Path(cfg.state_dir) / "cache" / f"statistics-{statistics_cache_key(cfg)}.npz"
+    if use_cache:
+        cached = _load_statistics(path)
+        if cached is not None:
+            return cached
+    stats = compute_site_statistics(cfg)
+    if use_cache:
+        arrays = {f: np.ascontiguousarray(getattr(stats, f), np.int64) for f in _STATS_FIELDS}
+        arrays["n"] = np.array([stats.n_subjects, stats.n_stays], np.int64)
+        buf = io.BytesIO()
+        np.savez(buf, digest=np.array(_stats_digest(arrays)), **arrays)
+        atomic_write_bytes(path, buf.getvalue())
+    return stats
 
 
 @dataclass(frozen=True)

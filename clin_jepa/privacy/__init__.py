@@ -13,7 +13,8 @@ Public API:
   :func:`poisson_batches`, :func:`private_train_steps` (all of the above for one round).
 """
 
-from clin_jepa.privacy.engine import GRAD_SAMPLE_MODES, OpacusHook, private_training
+from typing import TYPE_CHECKING
+
 from clin_jepa.privacy.ledger import (
     BudgetExhausted,
     PrivacyLedger,
@@ -22,15 +23,34 @@ from clin_jepa.privacy.ledger import (
 )
 from clin_jepa.privacy.planning import (
     ACCOUNTANTS,
+    GRAD_SAMPLE_MODES,
     DPSettings,
     RunDPOverrides,
     plan_noise_multiplier,
     resolve_dp_settings,
     sample_rate,
 )
-from clin_jepa.privacy.round import PUBLIC_METRICS, private_train_steps
 from clin_jepa.privacy.runs import check_run_id, pin_run_settings, run_path
-from clin_jepa.privacy.sampling import poisson_batches
+
+# The training side (torch, and Opacus where DP runs) loads on first use: the settings, ledger and run ids
+# above are what the ClientApp module and the server import, and they need no torch (a simulation process
+# loads the ClientApp before it starts Ray: bench/fl_overhead.py).
+_LAZY = {"OpacusHook": "engine", "private_training": "engine", "PUBLIC_METRICS": "round",
+         "private_train_steps": "round", "poisson_batches": "sampling"}
+
+if TYPE_CHECKING:
+    from clin_jepa.privacy.engine import OpacusHook, private_training
+    from clin_jepa.privacy.round import PUBLIC_METRICS, private_train_steps
+    from clin_jepa.privacy.sampling import poisson_batches
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"clin_jepa.privacy.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'clin_jepa.privacy' has no attribute {name!r}")
+
 
 __all__ = [
     "ACCOUNTANTS", "GRAD_SAMPLE_MODES", "PUBLIC_METRICS", "BudgetExhausted", "DPSettings", "OpacusHook",

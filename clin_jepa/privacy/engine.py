@@ -29,12 +29,12 @@ from torch import nn
 from clin_jepa.curriculum import Phase
 from clin_jepa.errors import ConfigError
 from clin_jepa.models import ClinJEPA
+from clin_jepa.privacy.planning import GRAD_SAMPLE_MODES
 
 if TYPE_CHECKING:  # Opacus is imported where DP runs: it doubles the import time of every ClientApp process
     from opacus.grad_sample import GradSampleHooks
     from opacus.optimizers import DPOptimizer
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 
 
 @dataclass

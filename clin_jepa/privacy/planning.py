@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from clin_jepa.config import PrivacyConfig
 from clin_jepa.errors import ConfigError, PrivacyBudgetExceeded
-from clin_jepa.privacy.engine import GRAD_SAMPLE_MODES
+
+# Opacus' per-sample gradient modes (clin_jepa.privacy.engine); here so that planning imports no torch.
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ghost")
 
 ACCOUNTANTS = ("rdp", "prv")
 
