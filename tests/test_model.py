@@ -72,14 +72,14 @@ def test_encoder_and_predictor_are_causal(level_input):
 
 
 def test_level_input_reaches_the_latent():
-    """``model.level_input`` wires the ordinal level map into the forward pass (it gets a gradient) and is
-    off by default (no extra parameters)."""
+    """``model.level_input`` wires the ordinal level map into the forward pass (it gets a gradient); the
+    ablation ``level_input=False`` has no such parameters."""
     torch.manual_seed(0)
     cfg = preset("tiny", level_input=True)
     enc = ClinJEPA(cfg).encoder
     enc(random_batch(cfg, 2, 8)).square().sum().backward()
     assert enc.level.weight.grad is not None and enc.level.weight.grad.abs().sum() > 0
-    assert ClinJEPA(preset("tiny")).encoder.level is None
+    assert ClinJEPA(preset("tiny", level_input=False)).encoder.level is None
 
 
 def test_too_many_hours_is_a_clear_error():

@@ -42,7 +42,7 @@ class ModelConfig:
     horizons: tuple[int, ...] = (3, 6)
     obs_horizons: int = 6
     encoder_positions: bool = False
-    level_input: bool = False
+    level_input: bool = True
 
     def __post_init__(self) -> None:
         for name in ("n_concepts", "n_bins", "n_time", "max_hours", "d_enc", "enc_layers", "enc_heads",
