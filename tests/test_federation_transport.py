@@ -12,15 +12,9 @@ from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, Record
 from client.site import Site
 from clin_jepa.config import load_site_config
 from clin_jepa.errors import ConfigError
-from clin_jepa.federation import (
-    FederationConfig,
-    _to_wire,
-    decode_reply,
-    encode_reply,
-    sample_sites,
-    update_norm,
-)
+from clin_jepa.federation import FederationConfig, sample_sites
 from clin_jepa.models import ClinJEPA, get_group_state, preset
+from clin_jepa.transport import _to_wire, decode_reply, encode_reply, update_norm
 
 
 def _weights(seed: int) -> dict[str, np.ndarray]:
