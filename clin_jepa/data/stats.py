@@ -175,15 +175,20 @@ def statistics_cache_key(cfg: SiteConfig) -> str:
     content = {
         "version": STATS_CACHE_VERSION, "cells": HIST_CELLS, "files": stat,
         "concepts": load_concepts().fingerprint(),
-        "mapping": {"site": cfg.site, "stay": asdict(cfg.stay), "quality": asdict(cfg.data_quality),
-                    "ignore": list(cfg.ignore_codes),
-                    "code_map": [[r.pattern, r.regex, r.concept, r.unit, r.scale, r.offset]
-                                 for r in cfg.code_map]},
+        "mapping": mapping_key(cfg),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _stats_digest(arrays: dict[str, np.ndarray]) -> str:
+def mapping_key(cfg: SiteConfig) -> dict:
+    """Everything in a site config that changes what is read from its data (cache keys include it)."""
+    return {"site": cfg.site, "stay": asdict(cfg.stay), "quality": asdict(cfg.data_quality),
+            "ignore": list(cfg.ignore_codes),
+            "code_map": [[r.pattern, r.regex, r.concept, r.unit, r.scale, r.offset] for r in cfg.code_map]}
+
+
+def array_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes: a cache file is used only if it matches."""
     h = hashlib.sha256()
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
@@ -201,7 +206,7 @@ def _load_statistics(path: Path) -> SiteStatistics | None:
             digest = str(z["digest"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
-    if digest != _stats_digest(arrays):
+    if digest != array_digest(arrays):
         return None
     ref = SiteStatistics.empty()
     if any(arrays[f].shape != getattr(ref, f).shape or arrays[f].dtype != np.int64 for f in _STATS_FIELDS):
@@ -226,7 +231,7 @@ def site_statistics(cfg: SiteConfig, use_cache: bool = True) -> SiteStatistics:
         arrays = {f: np.ascontiguousarray(getattr(stats, f), np.int64) for f in _STATS_FIELDS}
         arrays["n"] = np.array([stats.n_subjects, stats.n_stays], np.int64)
         buf = io.BytesIO()
-        np.savez(buf, digest=np.array(_stats_digest(arrays)), **arrays)
+        np.savez(buf, digest=np.array(array_digest(arrays)), **arrays)
         atomic_write_bytes(path, buf.getvalue())
     return stats
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clin_jepa.config import QUALITY_RULES, SiteConfig
+from clin_jepa.config import SiteConfig
 from clin_jepa.data.concepts import check_catalog, check_site_catalog, load_concepts
 from clin_jepa.data.harmonize import HOUR_US, CodeMapper, Stays, eligible_stay_events, harmonize
 from clin_jepa.data.meds import NAT, SPLIT_CODE, Shard, iter_shards, read_splits, shard_paths, splits_path
-from clin_jepa.data.stats import Discretization
+from clin_jepa.data.stats import Discretization, array_digest, mapping_key
 from clin_jepa.data.tasks import TaskSpec, compute_labels
 from clin_jepa.errors import ClinJepaError, DataValidationError
 from clin_jepa.io import atomic_write_bytes
@@ -229,30 +229,16 @@ def cache_key(cfg: SiteConfig, disc: Discretization, tasks: tuple[TaskSpec, ...]
     content = {
         "version": CACHE_VERSION, "files": stat, "disc": disc.fingerprint(), "hours": hours,
         "tasks": [t.to_dict() for t in tasks],
-        "mapping": {"site": cfg.site, "stay": [cfg.stay.start, cfg.stay.end, cfg.stay.min_hours,
-                                                   cfg.stay.context_hours],
-                    "ignore": list(cfg.ignore_codes),
-                    "code_map": [[r.pattern, r.regex, r.concept, r.unit, r.scale, r.offset]
-                                 for r in cfg.code_map],
-                    "quality": [getattr(cfg.data_quality, r) for r in QUALITY_RULES]},
+        "mapping": mapping_key(cfg),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def save_tensors(path: Path, tensors: SiteTensors) -> None:
     """Write ``tensors`` atomically as .npz with a content digest checked by :func:`load_tensors`."""
     arrays = {f: getattr(tensors, f) for f in ARRAY_FIELDS}
     meta = {"concepts": list(tensors.concepts), "treatments": list(tensors.treatments),
-            "tasks": list(tensors.tasks), "site": tensors.site, "digest": _digest(arrays)}
+            "tasks": list(tensors.tasks), "site": tensors.site, "digest": array_digest(arrays)}
     buf = io.BytesIO()
     np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -266,7 +252,7 @@ def load_tensors(path: Path) -> SiteTensors | None:
             arrays = {f: z[f] for f in ARRAY_FIELDS}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError):
         return None
-    if not isinstance(meta, dict) or meta.get("digest") != _digest(arrays):
+    if not isinstance(meta, dict) or meta.get("digest") != array_digest(arrays):
         return None
     return SiteTensors(**arrays, concepts=tuple(meta["concepts"]), treatments=tuple(meta["treatments"]),
                        tasks=tuple(meta["tasks"]), site=str(meta["site"]))
