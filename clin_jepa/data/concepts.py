@@ -221,7 +221,8 @@ def check_site_catalog(site: str, path: Path | None) -> None:
         return
     agreed = read_catalog(path)
     if agreed.fingerprint() != load_concepts().fingerprint():
-        raise ClinJepaError(
+        # a ConfigError: it names catalogs, not patient data, so it reaches the coordinator word for word
+        raise ConfigError(
             f"site {site} agreed to {agreed.describe()} (site config concept_catalog), but this run uses "
             f"{load_concepts().describe()}; the site takes no part until both name the same catalog")
 
