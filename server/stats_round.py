@@ -58,11 +58,15 @@ def registered_names(grid: Grid) -> dict[int, str]:
     return {int(n.node_id): str(n.name) for n in grid.get_nodes() if getattr(n, "name", "")}
 
 
-def name_mismatch(node: int, claimed: str, registered: dict[int, str]) -> str | None:
+def name_mismatch(node: int, claimed: str, registered: dict[int, str], sites: set[str]) -> str | None:
     """Why ``node`` may not play site ``claimed``: its registered key bears another site's name. A node's
-    key is what the SuperLink authenticates; the site name is only what the node says."""
+    key is what the SuperLink authenticates; the site name is only what the node says.
+
+    A registered name binds only when it is a site name of this round (``sites``: every name the nodes
+    claimed): a coordinator who registers keys as ``node-1``, ``node-2`` has bound no key to a site, and
+    those nodes are not refused for it (deploy/README.md: register each key under its site's name)."""
     bound = registered.get(node)
-    if bound is None or bound == claimed:
+    if bound is None or bound == claimed or bound not in sites:
         return None
     return (f"claims site {claimed!r} but its key is registered as {bound!r}; a node plays only the site "
             "its key was registered for")
@@ -82,6 +86,8 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
     registered = registered_names(grid)
     timeout = max(cfg.round_timeout, MIN_STATS_TIMEOUT_S)
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=timeout)}
+    sites = {str(m.content["site"]["site"]) for m in replies.values()
+             if not m.has_error() and "site" in m.content}
     for node in nodes:
         msg = replies.get(node)
         if msg is None:
@@ -90,7 +96,7 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
             roster.problems[node] = f"client failed: {msg.error.reason.strip()[-600:]}"
         else:
             name = str(msg.content["site"]["site"])
-            if mismatch := name_mismatch(node, name, registered):
+            if mismatch := name_mismatch(node, name, registered, sites):
                 roster.problems[node] = mismatch
                 continue
             if name in roster.sites.values():

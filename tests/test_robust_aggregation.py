@@ -133,6 +133,9 @@ def test_a_node_cannot_play_a_site_its_key_was_not_registered_for():
 
     registered = registered_names(Listing())
     assert registered == {5: "hospital_a", 6: "hospital_b"}
-    assert "registered as 'hospital_b'" in name_mismatch(6, "hospital_a", registered)
-    assert name_mismatch(5, "hospital_a", registered) is None
-    assert name_mismatch(7, "hospital_a", registered) is None  # nothing to bind to (simulation)
+    sites = {"hospital_a", "hospital_b"}
+    assert "registered as 'hospital_b'" in name_mismatch(6, "hospital_a", registered, sites)
+    assert name_mismatch(5, "hospital_a", registered, sites) is None
+    assert name_mismatch(7, "hospital_a", registered, sites) is None  # nothing to bind to (simulation)
+    # keys registered under labels that are not site names (node-1, …) bind nothing
+    assert name_mismatch(8, "hospital_a", {8: "node-1"}, sites) is None
