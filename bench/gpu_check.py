@@ -57,6 +57,8 @@ CARRIED = (
     "fastapi", "starlette", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "anyio",
     "uvicorn", "h11", "httptools", "python-dotenv", "watchfiles", "websockets", "jsonschema",
     "jsonschema-specifications", "referencing", "rpds-py", "pytest-timeout",
+    # units (issue 13) and report.html (issue 14); MLflow is not carried: the check runs with tracking off
+    "ucumvert", "pint", "lark", "flexcache", "flexparser", "platformdirs", "markdown",
 )
 PLATFORMS = ["manylinux1_x86_64", "manylinux2014_x86_64",
              *(f"manylinux_2_{n}_x86_64" for n in range(17, 40))]
@@ -237,7 +239,8 @@ def flower_on_cuda(out: Path, budget: Budget, device: str = "cuda") -> dict:
     ckpt, rounds = work / "ckpt", 3
     config = {"preset": "small", "num-rounds": rounds, "local-steps": 10, "batch-size": 64, "hours": 72,
               "device": device, "site-configs": ",".join(map(str, sites)), "checkpoint-dir": str(ckpt),
-              "synth-if-missing": False, "min-sites": 2, "round-timeout": 300.0}
+              "synth-if-missing": False, "min-sites": 2, "round-timeout": 300.0,
+              "tracking-uri": "off", "eval-every": -1}  # training rounds only: one metrics line each
     t0 = time.perf_counter()
     with LocalFlower(work / "flwr_home", ROOT, work / "superlink.log") as fl:
         gpus = {"client-resources-num-gpus": 0.5} if device == "cuda" else {}
