@@ -287,14 +287,14 @@ def train_all(jobs: list[TrainJob], preset: str, batch_size: int, device: str, l
         cmd = [str(c) for c in job.command(preset, batch_size, device)]
         stamp = job.run / "bench_command.json"  # other flags (a variant's) make another run
         if train_finished(job.run, job.steps) and stamp.is_file() and json.loads(stamp.read_text()) == cmd:
-            print(f"reuse {job.run}", flush=True)
+            print(f"reuse {job.run}\n", end="", flush=True)  # one write: jobs run on threads
         else:
             shutil.rmtree(job.run, ignore_errors=True)
             start = time.perf_counter()
             sh(cmd, log=logs / f"train-{job.label}.log")
             stamp.write_text(json.dumps(cmd))
             took = time.perf_counter() - start
-            print(f"trained {job.label} in {took:.0f} s ({load_average()})", flush=True)
+            print(f"trained {job.label} in {took:.0f} s ({load_average()})\n", end="", flush=True)
         return job.label, job.run / "ckpt.pt"
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
