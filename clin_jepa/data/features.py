@@ -41,6 +41,12 @@ def carry_forward(bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return locf, observed.to(torch.float32), since
 
 
+def ordinal_level(locf: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Carried-forward bins as ordinal levels in [0, 1] (bin / n_bins; 0 = never measured): the one
+    definition the encoder's ``level_input`` and the GRU's inputs share."""
+    return locf.to(torch.float32) / max(n_bins, 1)
+
+
 def hide_observations(bins: torch.Tensor, prob: float,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Drop each observed (hour, concept) value with probability ``prob``, independently per stay.
@@ -81,7 +87,7 @@ def sequence_inputs(bins: np.ndarray, treat: np.ndarray, time: np.ndarray, n_bin
     did no better than the last-value LR (measured in docs/evaluation.md).
     """
     locf, measured, since = carry_forward(torch.as_tensor(bins[:, :context].astype(np.int64)))
-    level = locf.to(torch.float32) / max(n_bins, 1)
+    level = ordinal_level(locf, n_bins)
     seen = (locf > 0).to(torch.float32)
     cols = list(ENCODER_TIME_COLUMNS)
     return np.concatenate([level.numpy(), seen.numpy(), measured.numpy(), since.numpy(), treat[:, :context],

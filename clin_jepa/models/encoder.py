@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clin_jepa.data.features import ENCODER_TIME_COLUMNS, carry_forward
+from clin_jepa.data.features import ENCODER_TIME_COLUMNS, carry_forward, ordinal_level
 from clin_jepa.errors import ConfigError
 from clin_jepa.models.config import ModelConfig
 from clin_jepa.models.layers import CausalTransformer
@@ -46,6 +46,6 @@ class Encoder(nn.Module):
         h = self.values(locf + self.offsets).sum(dim=-2)
         h = h + self.measured(measured) + self.since(since) + self.treat(batch["treat"])
         if self.level is not None:
-            h = h + self.level(locf.to(h.dtype) / self.cfg.n_bins)
+            h = h + self.level(ordinal_level(locf, self.cfg.n_bins).to(h.dtype))
         h = h + self.time(batch["time"].index_select(-1, self.time_columns))
         return self.backbone(self.ln_in(h), batch["pos"])
