@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clin_jepa.data.features import ENCODER_TIME_COLUMNS, carry_forward, ordinal_level
+from clin_jepa.data.features import AGE_COLUMNS, ENCODER_TIME_COLUMNS, carry_forward, ordinal_level
 from clin_jepa.errors import ConfigError
 from clin_jepa.models.config import ModelConfig
 from clin_jepa.models.layers import CausalTransformer
@@ -30,12 +30,13 @@ class Encoder(nn.Module):
         self.since = nn.Linear(cfg.n_concepts, cfg.d_enc)
         self.level = nn.Linear(cfg.n_concepts, cfg.d_enc) if cfg.level_input else None
         self.treat = nn.Linear(cfg.n_treatments, cfg.d_enc)
-        self.time = nn.Linear(len(ENCODER_TIME_COLUMNS), cfg.d_enc)
+        columns = ENCODER_TIME_COLUMNS if cfg.encoder_clock else AGE_COLUMNS
+        self.time = nn.Linear(len(columns), cfg.d_enc)
         self.ln_in = nn.LayerNorm(cfg.d_enc)
         self.backbone = CausalTransformer(cfg.d_enc, cfg.enc_layers, cfg.enc_heads, cfg.mlp_ratio,
                                           cfg.max_hours if cfg.encoder_positions else 0)
         self.register_buffer("offsets", torch.arange(cfg.n_concepts) * (cfg.n_bins + 1), persistent=False)
-        self.register_buffer("time_columns", torch.tensor(ENCODER_TIME_COLUMNS), persistent=False)
+        self.register_buffer("time_columns", torch.tensor(columns), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         bins = batch["bins"]
