@@ -98,6 +98,9 @@ def test_bad_task_configs_and_folders_stop_before_writing(handmade_site, tmp_pat
     bad.write_text("predicates: {a: {code: X}}\n")
     assert main(["labels", "--aces", str(bad), *site]) == 2
     assert "not a usable ACES task config" in capsys.readouterr().err
+    twice = ["--sites", str(handmade_site.source), str(handmade_site.source), "--out", str(out)]
+    assert main(["labels", "--aces", "in_icu_mortality", *twice]) == 2
+    assert "given twice" in capsys.readouterr().err
     assert not out.exists()
     out.mkdir()
     (out / "old.parquet").write_bytes(b"x")

@@ -57,6 +57,8 @@ def _site_labels(config: str, tasks: list[Path], view_root: Path, concepts: str 
     check_site_catalog(cfg.site, cfg.concept_catalog)
     validate_site(cfg, load_tasks(names=[]))  # the view is only as good as the data: same checks first
     view = view_root / cfg.site
+    if view.exists():  # the view folder started empty: another site of this call has the same name
+        raise ConfigError(f"{config}: site name {cfg.site!r} is given twice; sites need their own names")
     write_harmonized_view(cfg, view)
     return [aces_labels(task, view) for task in tasks]
 
