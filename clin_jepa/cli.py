@@ -13,7 +13,7 @@ import sys
 
 from clin_jepa.errors import ClinJepaError
 
-SUBCOMMANDS = ("synth", "validate", "train", "evaluate", "certs", "sign")
+SUBCOMMANDS = ("synth", "validate", "labels", "train", "evaluate", "certs", "sign")
 
 
 def _load(name: str):  # noqa: ANN202 - returns a module

@@ -85,7 +85,8 @@ class DataQuality:
 
     ``out_of_range`` alone defaults to ``keep``: the catalog's range was, before policies existed, only the
     span of the shared histograms (values outside fall into its edge cells), and datasets that validated
-    then must still validate.
+    then must still validate: the demo's synthetic hospital_b has two BUN values above 200 mg/dL and would
+    stop validating under ``error`` (site_configs/README.md, Data quality).
     """
 
     events_after_death: str = "error"

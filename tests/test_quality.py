@@ -135,3 +135,18 @@ def test_stay_key_with_its_own_lengths_and_the_old_icu_stay_key(tmp_path: Path, 
     both = site_yaml(tmp_path / "c", events, {}, stay=ward)
     with pytest.raises(ConfigError, match="exactly one of 'stay'"):
         load_site_config(both)
+
+
+def test_range_edges_allow_float32_rounding_only() -> None:
+    from clin_jepa.data.concepts import load_concepts
+    from clin_jepa.data.meds import Shard
+    from clin_jepa.data.quality import flag_rows
+
+    fio2 = load_concepts().index("fio2")
+    # FiO2 recorded as the fraction 0.21 is stored as float32 and reads back as 20.999999 %
+    value = np.array([np.float32(0.21) * 100.0, 20.9, 100.0 + 1e-5, 100.1])
+    shard = Shard(Path("x"), np.ones(4, np.int64), np.arange(4, dtype=np.int64), np.zeros(4, np.int32),
+                  ["FIO2"], value)
+    flags = flag_rows(shard, np.full(4, fio2, np.int16), value, np.zeros(1, bool), np.zeros(1, bool),
+                      ("out_of_range",))
+    assert flags["out_of_range"].tolist() == [False, True, False, True]

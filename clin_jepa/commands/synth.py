@@ -30,6 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write each hospital in its own codes and units (native, default) or recode it "
                              "as the MIMIC-IV-MEDS / eICU-MEDS ETL writes it, with the shipped "
                              "site_configs/examples/ config as its YAML")
+    parser.add_argument("--extra-concepts", action="store_true",
+                        help="also chart the catalog's diastolic BP, GCS total, FiO2, urine output, "
+                             "bilirubin, INR, albumin and pH, driven by the same hidden physiology (native "
+                             "codes only; without it the output is what it was before the option existed)")
     parser.add_argument("--force", action="store_true",
                         help="allow a non-empty DIR and replace the hospitals and YAMLs this command writes")
 
@@ -41,8 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if not 10 <= args.patients <= MAX_PATIENTS:  # checked here too: the simulator allocates per patient
         raise ConfigError(f"--patients: must be between 10 and {MAX_PATIENTS:,} per site, "
                           f"got {args.patients}")
+    if args.extra_concepts and args.code_style != "native":
+        raise ConfigError("--extra-concepts: only with --code-style native (the shipped MIMIC-IV-MEDS and "
+                          "eICU-MEDS configs map the 16 core measurements)")
     start = time.perf_counter()
-    outputs = synthesize(args.out, args.sites, args.patients, args.seed, args.force, args.subjects_per_shard)
+    outputs = synthesize(args.out, args.sites, args.patients, args.seed, args.force, args.subjects_per_shard,
+                         args.extra_concepts)
     if args.code_style != "native":
         from clin_jepa.data.synth.code_styles import recode_site
 

@@ -80,7 +80,9 @@ def _value_flags(concept: np.ndarray, value: np.ndarray) -> dict[str, np.ndarray
     lo = np.array([x.lo for x in table.measurements])[c]
     hi = np.array([x.hi for x in table.measurements])[c]
     nonneg = np.array([x.nonnegative for x in table.measurements])[c]
-    return {"out_of_range": is_measure & ((value < lo) | (value > hi)),
+    # MEDS stores float32: FiO2 0.21 (fraction) reads back as 20.999999 %, which is not out of range
+    tol = 1e-6 * np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0)
+    return {"out_of_range": is_measure & ((value < lo - tol) | (value > hi + tol)),
             "negative_values": is_measure & nonneg & (value < 0)}
 
 

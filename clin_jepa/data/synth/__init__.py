@@ -8,14 +8,15 @@ positive rates and a last-value baseline, to confirm the tasks are learnable but
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from clin_jepa.data.synth.extra import extra_observations, with_extra_codings
 from clin_jepa.data.synth.hospital import Hospital, simulate_hospital
 from clin_jepa.data.synth.meds_writer import write_hospital
-from clin_jepa.data.synth.profiles import MAX_SITES, HospitalProfile, hospital_profiles
+from clin_jepa.data.synth.profiles import BASE_PROFILES, MAX_SITES, HospitalProfile, hospital_profiles
 from clin_jepa.errors import ConfigError
 from clin_jepa.io import atomic_write_text
 
@@ -38,15 +39,28 @@ def _site_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Ge
     return np.random.default_rng(sim), np.random.default_rng(write)
 
 
+def _with_extra_concepts(hospital: Hospital, seed: int, index: int) -> Hospital:
+    """``hospital`` also charting the catalog's extra concepts, from a third stream of the site's seed (the
+    first two, and so everything the default output holds, are untouched)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]).spawn(3)[2])
+    obs = hospital.obs
+    extra = extra_observations(rng, hospital.course, obs.stay, obs.hour, obs.concept, obs.lab_draws)
+    base = BASE_PROFILES[index % len(BASE_PROFILES)].site
+    return replace(hospital, profile=with_extra_codings(hospital.profile, base), extra=extra)
+
+
 def simulate_site(profile: HospitalProfile, index: int, n_patients: int, seed: int) -> Hospital:
     """The simulated hospital that ``synthesize`` writes for site number ``index``."""
     return simulate_hospital(profile, n_patients, _site_rngs(seed, index)[0])
 
 
 def synthesize(out: str | Path, n_sites: int = 3, n_patients: int = 600, seed: int = 0,
-               force: bool = False, subjects_per_shard: int = 128) -> list[SiteOutput]:
+               force: bool = False, subjects_per_shard: int = 128,
+               extra_concepts: bool = False) -> list[SiteOutput]:
     """Write ``n_sites`` synthetic hospitals under ``out``: ``out/<site>/`` (MEDS) and ``out/<site>.yaml``
-    (its site config, paths relative to the YAML). Same arguments, byte-identical files.
+    (its site config, paths relative to the YAML). Same arguments, byte-identical files. With
+    ``extra_concepts`` the hospitals also chart diastolic BP, GCS, FiO2, urine output, bilirubin, INR,
+    albumin and pH (``synth/extra.py``): the same patients, more events.
 
     Raises :class:`ConfigError` for invalid arguments or a non-empty ``out`` without ``force``; with
     ``force`` only this command's own outputs (site folders and YAMLs) are replaced.
@@ -70,6 +84,9 @@ def synthesize(out: str | Path, n_sites: int = 3, n_patients: int = 600, seed: i
     for i, profile in enumerate(hospital_profiles(n_sites)):
         sim_rng, write_rng = _site_rngs(seed, i)
         hospital = simulate_hospital(profile, n_patients, sim_rng)
+        if extra_concepts:
+            hospital = _with_extra_concepts(hospital, seed, i)
+            profile = hospital.profile
         root = out / profile.site
         counts = write_hospital(hospital, root, write_rng, subjects_per_shard,
                                 f"seed={seed} patients={n_patients}")

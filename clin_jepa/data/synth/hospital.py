@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clin_jepa.data.synth.extra import ExtraObservations
 from clin_jepa.data.synth.observe import Observations, observe
 from clin_jepa.data.synth.physiology import Course, Population, sample_population, simulate
 from clin_jepa.data.synth.profiles import HospitalProfile
@@ -37,6 +38,7 @@ class Hospital:
     subject_id: np.ndarray  # int64, sorted
     birth_us: np.ndarray
     female: np.ndarray
+    extra: ExtraObservations | None = None  # ``synth --extra-concepts`` only (synth/extra.py)
 
 
 def _attach_readmissions(rng: np.random.Generator, n_first: int, pop: Population,

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clin_jepa.data.synth.extra import EXTRA_MEASUREMENTS
 from clin_jepa.data.synth.ground_truth import FILENAME as GROUND_TRUTH_FILE
 from clin_jepa.data.synth.ground_truth import ground_truth_table
 from clin_jepa.data.synth.hospital import US_PER_HOUR, Hospital
@@ -104,9 +105,12 @@ def _hospital_events(h: Hospital, rng: np.random.Generator) -> tuple[_Events, _V
         ev.add(stay_subj[stay], t, codes[rng.integers(0, len(codes), len(stay))], value)
 
     draw_stay, draw_h = obs.lab_draws
+    mapped = {code for c in p.codings.values() for code in c.codes}
     for code, typical, description in p.unmapped_labs:
         sel = rng.random(len(draw_stay)) < p.unmapped_prob
         value = np.round(typical * np.exp(rng.normal(0.0, 0.6, sel.sum())), 2)
+        if code in mapped:  # simulated as an extra concept now; drawn anyway so the splits stay the same
+            continue
         t = admit[draw_stay[sel]] + (draw_h[sel] * US_PER_HOUR).astype(np.int64)
         ev.add(stay_subj[draw_stay[sel]], t, vocab.add(code, description), value)
 
@@ -114,6 +118,13 @@ def _hospital_events(h: Hospital, rng: np.random.Generator) -> tuple[_Events, _V
     died = h.course.died
     # The ICU discharge of a patient who died is charted at the time of death, never after it.
     ev.add(stay_subj[died], (admit + end)[died], vocab.add(meds.death_code, "Death"))
+    if h.extra is not None:  # last, and without the write stream, so the core events stay as they were
+        for k, concept in enumerate(EXTRA_MEASUREMENTS):
+            c, sel = p.codings[concept], h.extra.concept == k
+            stay = h.extra.stay[sel]
+            t = admit[stay] + (h.extra.hour[sel] * US_PER_HOUR).astype(np.int64)
+            value = np.round(h.extra.value[sel] * c.scale + c.offset, c.decimals)
+            ev.add(stay_subj[stay], t, vocab.add(c.codes[0], f"{c.description} ({c.unit})"), value)
     return ev, vocab
 
 

@@ -34,6 +34,7 @@ class Coding:
     decimals: int = 1
     regex: str | None = None
     description: str = ""
+    declared: bool = False  # the site config declares scale/offset (a unit no library converts)
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,17 @@ class HospitalProfile:
     def site_config(self, data_path: str, state_dir: str) -> dict:
         """The site config mapping, with paths as given (relative to where the YAML file will live)."""
         code_map = []
-        for concept in (*MEASUREMENTS, *TREATMENTS):
+        extra = [k for k in self.codings if k not in MEASUREMENTS and k not in TREATMENTS]  # synth/extra.py
+        for concept in (*MEASUREMENTS, *extra, *TREATMENTS):
             c = self.codings[concept]
-            entry: dict[str, str] = {"regex": c.regex} if c.regex else {"code": c.codes[0]}
+            entry: dict[str, str | float] = {"regex": c.regex} if c.regex else {"code": c.codes[0]}
             entry["concept"] = concept
             if c.unit is not None:
                 entry["unit"] = c.unit
+            if c.declared:  # the inverse of how the site value was written
+                entry["scale"] = 1.0 / c.scale
+                if c.offset:
+                    entry["offset"] = -c.offset / c.scale
             code_map.append(entry)
         return {
             "site": self.site,
