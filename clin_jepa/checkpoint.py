@@ -204,7 +204,8 @@ def decode_checkpoint(path: str | Path, data: bytes) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint payload cannot be decoded: {exc}") from None
     try:
         payload.pop("format_version", None)
-        cfg = ModelConfig.from_dict(payload.pop("model_config"))
+        # checkpoints written before ``encoder_clock`` existed fed the clock of day to E
+        cfg = ModelConfig.from_dict({"encoder_clock": True, **payload.pop("model_config")})
         weights = payload.pop("weights")
         missing = [g for g in GROUPS if g not in weights]
         if missing:

@@ -77,7 +77,7 @@ class CurriculumConfig:
     fractions: tuple[float, float, float, float, float] = (0.1, 0.45, 0.2, 0.05, 0.2)
     base_momentum: float = 0.996
     align_momentum: float = 0.9
-    lr: float = 3e-3
+    lr: float = 6e-3
     min_lr: float = 1e-5
     lr_warmup: float = 0.05
     weight_decay: float = 0.05

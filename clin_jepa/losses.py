@@ -117,20 +117,17 @@ def horizon_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
 
 
 def observation_loss(predictor: Predictor, z: torch.Tensor, bins: torch.Tensor,
-                     mask: torch.Tensor, hours: tuple[int, ...] | None = None) -> torch.Tensor:
+                     mask: torch.Tensor) -> torch.Tensor:
     """Per-sample cross-entropy of the observation head: from ``z_t``, the value bin of every concept
-    measured at hour ``t + h`` (h in ``hours``, default 1..H; both hours in the stay), averaged over
-    those cells; (B,)."""
+    measured at hour ``t + h`` (h = 1..H, both hours in the stay), averaged over those cells; (B,)."""
     logits = predictor(z, {}, observe=True).float()
     b, t, n_h, c, n_bins = logits.shape
     total = torch.zeros(b, device=z.device)
     count = torch.zeros(b, device=z.device)
-    for slot, h in enumerate(hours or range(1, n_h + 1)):
-        if h >= t:
-            continue
+    for h in range(1, min(n_h, t - 1) + 1):
         tgt = bins[:, h:]
         valid = (tgt > 0) & (mask[:, :-h] & mask[:, h:]).unsqueeze(-1)
-        ce = F.cross_entropy(logits[:, :-h, slot].reshape(-1, n_bins), (tgt - 1).clamp_min(0).reshape(-1),
+        ce = F.cross_entropy(logits[:, :-h, h - 1].reshape(-1, n_bins), (tgt - 1).clamp_min(0).reshape(-1),
                              reduction="none").view(b, t - h, c)
         total = total + (ce * valid).sum(dim=(1, 2))
         count = count + valid.sum(dim=(1, 2))
@@ -151,14 +148,13 @@ def model_terms(model_cfg: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any
     """The keyword arguments of :func:`jepa_loss` that a model's config switches on (its look-ahead
     horizons, and the full value bins when it has an observation head)."""
     return {"horizons": tuple(model_cfg.horizons),
-            "obs_bins": batch["bins"] if model_cfg.obs_horizons else None,
-            "obs_hours": tuple(model_cfg.obs_hours)}
+            "obs_bins": batch["bins"] if model_cfg.obs_horizons else None}
 
 
 def jepa_loss(predictor: Predictor, z: torch.Tensor, target: torch.Tensor, batch: dict[str, torch.Tensor],
               cfg: LossConfig, with_collapse: bool = True, reduction: str = "mean", *,
               horizons: tuple[int, ...] = (), obs_bins: torch.Tensor | None = None,
-              obs_hours: tuple[int, ...] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts (detached batch means, kept on device so logging does not sync).
 
     ``target`` must already be layer-normed and detached. ``with_collapse`` adds the anti-collapse term
@@ -181,7 +177,7 @@ def jepa_loss(predictor: Predictor, z: torch.Tensor, target: torch.Tensor, batch
             total = total + cfg.horizon_weight * ahead_mean
             parts["loss_ahead"] = ahead_mean.detach().mean()
     if obs_bins is not None and cfg.obs_weight > 0:
-        obs = observation_loss(predictor, z, obs_bins, batch["mask"], obs_hours)
+        obs = observation_loss(predictor, z, obs_bins, batch["mask"])
         total = total + cfg.obs_weight * obs
         parts["loss_obs"] = obs.detach().mean()
     collapse = collapse_penalty(z, batch["mask"], cfg.collapse_floor)

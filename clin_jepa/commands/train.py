@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of initialization and batch order (default 0)")
     parser.add_argument("--batch-size", type=int, help="stays per batch (default: first site's "
                         "training.batch_size)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default 3e-3)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 6e-3)")
     parser.add_argument("--rollout-steps", type=int, help="k of the k-step rollout loss (default 2)")
     parser.add_argument("--hours", type=int, help="hours per stay window (default 72)")
     parser.add_argument("--log-every", type=int, help="steps between metrics records (default 25)")

@@ -26,7 +26,6 @@ SINCE_CAP_H = 48.0
 # Columns of ``SiteTensors.time`` the encoder may read: clock of day (sin, cos) and age. Column 0 is the
 # hour index of the stay, which let the JEPA objective be met by the clock alone; only P may read it.
 ENCODER_TIME_COLUMNS = (1, 2, 3)
-CLOCK_COLUMNS = (1, 2)
 AGE_COLUMNS = (3,)
 
 

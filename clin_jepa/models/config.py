@@ -18,14 +18,13 @@ class ModelConfig:
     The latent width is ``d_enc``: the predictor reads and predicts vectors of that size.
     ``horizons`` are the extra look-ahead hours (besides 1) the predictor is asked for, each selected by a
     learned horizon embedding; ``obs_horizons`` > 0 adds a head forecasting the observed value bins of
-    the next ``obs_horizons`` hours (and the far hours ``obs_long``) from a latent. ``residual`` makes
-    ``P`` predict ``LN(z_t) + Δ``.
+    the next ``obs_horizons`` hours from a latent. ``residual`` makes ``P`` predict ``LN(z_t) + Δ``.
     ``encoder_positions`` puts the learned hour-position table back into ``E`` (an ablation only: it lets
     the objective be met by the clock, see docs/training.md). ``level_input`` adds a linear map of each
     concept's carried-forward bin as an ordinal level (bin / n_bins) beside the per-bin embedding, so
     "higher than before" is a direction in the input space from the first step, not something to learn.
-    ``encoder_clock`` lets ``E`` read the clock of day; ``clock_conditioning`` gives ``P`` the clock of
-    the hour it predicts (known in advance, like the treatments it is conditioned on).
+    ``encoder_clock`` lets ``E`` read the clock of day (an ablation only: it put a 24-hour cycle into the
+    latents that the predictor's rollout could not follow, see docs/training.md).
     """
 
     n_concepts: int = 16
@@ -44,11 +43,9 @@ class ModelConfig:
     residual: bool = True
     horizons: tuple[int, ...] = (3, 6)
     obs_horizons: int = 6
-    obs_long: tuple[int, ...] = ()
     encoder_positions: bool = False
     level_input: bool = True
-    encoder_clock: bool = True
-    clock_conditioning: bool = False
+    encoder_clock: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_concepts", "n_bins", "n_time", "max_hours", "d_enc", "enc_layers", "enc_heads",
@@ -59,21 +56,12 @@ class ModelConfig:
             raise ConfigError(f"model.horizons: distinct hours >= 2 expected, got {list(self.horizons)}")
         if self.obs_horizons < 0:
             raise ConfigError(f"model.obs_horizons: must be >= 0, got {self.obs_horizons}")
-        if any(int(h) <= self.obs_horizons for h in self.obs_long) or len(set(self.obs_long)) != len(
-                self.obs_long) or (self.obs_long and not self.obs_horizons):
-            raise ConfigError(f"model.obs_long: distinct hours > obs_horizons={self.obs_horizons} expected "
-                              f"(and obs_horizons >= 1), got {list(self.obs_long)}")
         if self.n_treatments < 0:
             raise ConfigError(f"model.n_treatments: must be >= 0, got {self.n_treatments}")
         for width, heads in (("d_enc", "enc_heads"), ("d_pred", "pred_heads")):
             if getattr(self, width) % getattr(self, heads):
                 raise ConfigError(f"model.{width}={getattr(self, width)} is not divisible by "
                                   f"model.{heads}={getattr(self, heads)}")
-
-    @property
-    def obs_hours(self) -> tuple[int, ...]:
-        """The look-ahead hours the observation head forecasts: 1..obs_horizons, then ``obs_long``."""
-        return tuple(range(1, self.obs_horizons + 1)) + tuple(sorted(self.obs_long))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,9 +72,8 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"model config: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
-        for key in ("horizons", "obs_long"):
-            if key in d:
-                d = {**d, key: tuple(int(h) for h in d[key])}
+        if "horizons" in d:
+            d = {**d, "horizons": tuple(int(h) for h in d["horizons"])}
         return cls(**d)
 
 

@@ -6,15 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clin_jepa.data.features import CLOCK_COLUMNS
 from clin_jepa.models.config import ModelConfig
 from clin_jepa.models.layers import CausalTransformer
 
 
-def next_hour_treatments(treat: torch.Tensor, ahead: int = 1) -> torch.Tensor:
-    """(B,T,K) -> (B,T,K) whose row t holds hour t+ahead's values (zeros after the last hour)."""
-    ahead = min(ahead, treat.shape[1])
-    return torch.cat([treat[:, ahead:], torch.zeros_like(treat[:, :ahead])], dim=1)
+def next_hour_treatments(treat: torch.Tensor) -> torch.Tensor:
+    """(B,T,K) -> (B,T,K) whose row t holds hour t+1's treatments (zeros after the last hour)."""
+    return torch.cat([treat[:, 1:], torch.zeros_like(treat[:, :1])], dim=1)
 
 
 class Predictor(nn.Module):
@@ -26,7 +24,7 @@ class Predictor(nn.Module):
     With ``cfg.residual`` the output is ``LN(z_t) + Δ``: a patient's state mostly persists from one hour
     to the next, so P learns the change and copying the last latent is its starting point, not a target
     it has to find. ``observe=True`` instead returns the observation head's logits
-    (B, T, len(obs_hours), n_concepts, n_bins): the value bins of the next hours, forecast from ``z_t``.
+    (B, T, obs_horizons, n_concepts, n_bins): the value bins of the next hours, forecast from ``z_t``.
     It lives in ``P``'s parameter group so federation, checkpoints and DP treat it like ``P``.
     """
 
@@ -35,8 +33,6 @@ class Predictor(nn.Module):
         self.cfg = cfg
         self.inp = nn.Linear(cfg.d_enc, cfg.d_pred)
         self.treat = nn.Linear(cfg.n_treatments, cfg.d_pred) if cfg.treat_conditioning else None
-        self.clock = nn.Linear(len(CLOCK_COLUMNS), cfg.d_pred) if cfg.clock_conditioning else None
-        self.register_buffer("clock_columns", torch.tensor(CLOCK_COLUMNS), persistent=False)
         self.horizon = None
         if cfg.horizons:
             self.horizon = nn.Embedding(len(cfg.horizons) + 1, cfg.d_pred)
@@ -46,7 +42,7 @@ class Predictor(nn.Module):
         self.out = nn.Linear(cfg.d_pred, cfg.d_enc)
         self.obs_head = None
         if cfg.obs_horizons:
-            self.obs_head = nn.Linear(cfg.d_enc, len(cfg.obs_hours) * cfg.n_concepts * cfg.n_bins)
+            self.obs_head = nn.Linear(cfg.d_enc, cfg.obs_horizons * cfg.n_concepts * cfg.n_bins)
 
     def forward(self, z: torch.Tensor, batch: dict[str, torch.Tensor], horizon: int = 0,
                 observe: bool = False) -> torch.Tensor:
@@ -55,14 +51,10 @@ class Predictor(nn.Module):
             if self.obs_head is None:
                 raise ValueError("this predictor was built without an observation head (obs_horizons=0)")
             c = self.cfg
-            return self.obs_head(zn).view(*z.shape[:2], len(c.obs_hours), c.n_concepts, c.n_bins)
+            return self.obs_head(zn).view(*z.shape[:2], c.obs_horizons, c.n_concepts, c.n_bins)
         x = self.inp(zn)
         if self.treat is not None:
             x = x + self.treat(next_hour_treatments(batch["treat"]))
-        if self.clock is not None:
-            ahead = self.cfg.horizons[horizon - 1] if horizon else 1
-            clock = batch["time"].index_select(-1, self.clock_columns)
-            x = x + self.clock(next_hour_treatments(clock, ahead).to(x.dtype))
         if self.horizon is not None:
             x = x + self.horizon(torch.full_like(batch["pos"], horizon))
         delta = self.out(self.backbone(x, batch["pos"]))
