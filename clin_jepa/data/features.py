@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 SINCE_CAP_H = 48.0
-# Columns of ``SiteTensors.time`` the encoder may read: clock of day (sin, cos) and age. Column 0 is the
-# hour index of the stay, which let the JEPA objective be met by the clock alone; only P may read it.
+# Columns of ``SiteTensors.time`` the encoder may read: clock of day (sin, cos) and age (the GRU reads
+# them too); without ``model.encoder_clock`` only age. Column 0 is the hour index of the stay, which let
+# the JEPA objective be met by the clock alone; only P may read it.
 ENCODER_TIME_COLUMNS = (1, 2, 3)
 AGE_COLUMNS = (3,)
 
