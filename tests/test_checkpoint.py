@@ -7,7 +7,7 @@ import torch
 from clin_jepa.checkpoint import Checkpoint, checkpoint_digest, load_checkpoint, save_checkpoint
 from clin_jepa.curriculum import CurriculumConfig
 from clin_jepa.errors import CheckpointError
-from clin_jepa.models import ClinJEPA, preset
+from clin_jepa.models import ClinJEPA, ModelConfig, preset
 from clin_jepa.models.testing import random_batch
 from clin_jepa.train import build_optimizer
 
@@ -68,3 +68,20 @@ def test_truncated_missing_and_foreign_files(tmp_path):
     torch.save({"weights": {}}, foreign)
     with pytest.raises(CheckpointError, match="not a Clin-JEPA checkpoint"):
         load_checkpoint(foreign)
+
+
+def test_checkpoint_from_before_encoder_clock_keeps_the_clock(tmp_path, monkeypatch):
+    """A checkpoint written before ``model.encoder_clock`` existed (no such key) had the clock in E: it
+    loads as such, weights and all, although new models leave the clock out."""
+    model = ClinJEPA(preset("tiny", n_concepts=5, n_treatments=2, encoder_clock=True))
+    plain = ModelConfig.to_dict
+    monkeypatch.setattr(ModelConfig, "to_dict",
+                        lambda self: {k: v for k, v in plain(self).items() if k != "encoder_clock"})
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, Checkpoint.from_model(model, curriculum=CurriculumConfig().to_dict(),
+                                                discretization={}, step=0, round=0, phase="warmup"))
+    monkeypatch.undo()
+    loaded = load_checkpoint(path)
+    assert loaded.model_config.encoder_clock and not preset("tiny").encoder_clock
+    rebuilt = loaded.build_model()
+    assert torch.equal(rebuilt.encoder.time.weight, model.encoder.time.weight)
