@@ -300,6 +300,13 @@ def _ignore_item(item: Any, i: int) -> str:
     return item
 
 
+def is_site_name(name: object) -> bool:
+    """A site name becomes a folder (state/<site>, reports) and a key of the server's tables: 1-64
+    letters, digits, '_', '.', '-', starting with a letter or digit, without '..'."""
+    return (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) is not None
+            and ".." not in name)
+
+
 def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> SiteConfig:
     """Build a :class:`SiteConfig` from parsed YAML; relative paths resolve against ``base_dir``."""
     if not isinstance(raw, dict):
@@ -310,8 +317,7 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     if unknown:
         raise ConfigError(f"site config: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     site = _get(raw, "site", "site config", str)
-    # The name becomes a folder (state/<site>, reports): it must not be '.', '..' or start with a dot.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", site) or ".." in site:
+    if not is_site_name(site):
         raise ConfigError(f"site: {site!r} must be 1-64 letters, digits, '_', '.', '-', start with a letter "
                           f"or digit and not contain '..'")
     data = _only(_get(raw, "data", "site config", dict), ("path",), "data")

@@ -27,6 +27,7 @@ from clin_jepa.io import atomic_write_bytes
 
 HIST_CELLS = 512
 DEFAULT_BINS = 10
+MAX_COUNT = 1 << 40  # the largest count a statistics reply may carry
 
 
 @dataclass
@@ -60,19 +61,28 @@ class SiteStatistics:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SiteStatistics:
         """Inverse of :meth:`to_arrays`; refuses arrays of the wrong shape (another vocabulary)."""
         ref = cls.empty()
+        names = ("hist", "counts", "n_subjects", "n_stays")
         try:
-            hist = np.asarray(arrays["hist"], dtype=np.int64)
-            counts = np.asarray(arrays["counts"], dtype=np.int64)
-            n_subjects = int(np.asarray(arrays["n_subjects"]).reshape(-1)[0])
-            n_stays = int(np.asarray(arrays["n_stays"]).reshape(-1)[0])
-        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raw = [np.asarray(arrays[k]) for k in names]
+        except (KeyError, ValueError, TypeError) as exc:
             raise ClinJepaError(f"site statistics: malformed arrays ({exc!r}); expected keys "
                                 "hist, counts, n_subjects, n_stays") from None
+        # Counts are integers: a float array (NaN, inf, 0.5) would be cast silently to garbage.
+        if bad := [k for k, a in zip(names, raw, strict=True) if a.dtype.kind not in "iu"]:
+            raise ClinJepaError(f"site statistics: {', '.join(bad)} must be integer counts, got "
+                                f"{', '.join(str(a.dtype) for a in raw if a.dtype.kind not in 'iu')}")
+        if raw[2].size != 1 or raw[3].size != 1:
+            raise ClinJepaError("site statistics: n_subjects and n_stays must be one number each")
+        hist, counts = raw[0].astype(np.int64), raw[1].astype(np.int64)
+        n_subjects, n_stays = int(raw[2].reshape(-1)[0]), int(raw[3].reshape(-1)[0])
         if hist.shape != ref.hist.shape or counts.shape != ref.counts.shape:
             raise ClinJepaError(f"site statistics: shapes hist {hist.shape}, counts {counts.shape} do not "
                                 f"match this vocabulary ({ref.hist.shape}, {ref.counts.shape})")
-        if (hist < 0).any() or (counts < 0).any():
+        if (hist < 0).any() or (counts < 0).any() or min(n_subjects, n_stays) < 0:
             raise ClinJepaError("site statistics: negative counts")
+        # Bounded so that summing the sites can never overflow int64 (and no site is 10^12 patients).
+        if max(int(hist.max(initial=0)), int(counts.max(initial=0)), n_subjects, n_stays) > MAX_COUNT:
+            raise ClinJepaError(f"site statistics: a count above {MAX_COUNT} is not a hospital's")
         return cls(hist, counts, n_subjects, n_stays)
 
     def __add__(self, other: SiteStatistics) -> SiteStatistics:
