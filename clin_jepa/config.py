@@ -105,6 +105,7 @@ class PrivacyConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     noise_multiplier: float | None = None
+    statistics_epsilon: float | None = None  # noise on the statistics round: clin_jepa.privacy.statistics
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,8 @@ def _code_rules(raw: Any, path: str) -> tuple[CodeRule, ...]:
 
 
 def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
-    _only(raw, ("enabled", "target_epsilon", "delta", "max_grad_norm", "noise_multiplier"), path)
+    keys = ("enabled", "target_epsilon", "delta", "max_grad_norm", "noise_multiplier", "statistics_epsilon")
+    _only(raw, keys, path)
     eps = _get(raw, "target_epsilon", path, (int, float), 8.0)
     delta = _get(raw, "delta", path, (int, float), 1e-5)
     clip = _get(raw, "max_grad_norm", path, (int, float), 1.0)
@@ -233,7 +235,11 @@ def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
         raise ConfigError(f"{path}.max_grad_norm: must be a finite number > 0, got {clip}")
     if noise is not None and not 0 < noise < math.inf:
         raise ConfigError(f"{path}.noise_multiplier: must be a finite number > 0 or null, got {noise}")
-    return PrivacyConfig(bool(_get(raw, "enabled", path, bool, False)), eps, delta, clip, noise)
+    stat = _get(raw, "statistics_epsilon", path, (int, float, type(None)), None)
+    if stat is not None and not 0 < stat <= eps:
+        raise ConfigError(f"{path}.statistics_epsilon: must be a number > 0 and at most the site's lifetime "
+                          f"budget {path}.target_epsilon = {eps}, or null (no noise), got {stat}")
+    return PrivacyConfig(bool(_get(raw, "enabled", path, bool, False)), eps, delta, clip, noise, stat)
 
 
 def _choices(raw: dict[str, Any], key: str, allowed: tuple[str, ...],
