@@ -32,7 +32,7 @@ from clin_jepa.federation import FederationConfig, RoundPlan, decode_reply, plan
 from clin_jepa.tracking import Tracker, federated_metrics, settings
 from server.checks import screen_replies
 from server.evaluation import log_progress, run_evaluation
-from server.privacy import record_privacy
+from server.privacy import missing_for_central_dp, record_privacy
 from server.state import METRICS, ServerState, resume_state, save_round, truncate_metrics
 from server.stats_round import query_sites
 from server.strategy import PhaseAware, build_strategy, wrap_for_privacy
@@ -41,6 +41,9 @@ from server.weights import apply_server_weights
 app = ServerApp()
 # A simulation's in-memory grid looks for replies every 0.1 s by default: up to 0.1 s idle per round.
 SIMULATION_PULL_INTERVAL_S = 0.01
+# Longest wait (capped by round-timeout) for a site's node before an accounted client-level DP round is
+# skipped: such a round cannot go ahead without every site (server.privacy.missing_for_central_dp).
+CENTRAL_DP_WAIT_S = 60.0
 
 
 @app.main()
@@ -142,11 +145,19 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: P
     state.begin_round(plan)
     sent = state.flat(plan.upload)
     arrays = ArrayRecord({k: Array(v) for k, v in sent.items()})
-    messages = list(outer.configure_train(plan.round, arrays, ConfigRecord(), grid))
+    t_wait = time.perf_counter()
+    skipped = None
+    if missing := missing_for_central_dp(outer, strategy.site_nodes, grid, min(cfg.round_timeout,
+                                                                               CENTRAL_DP_WAIT_S)):
+        skipped = (f"client-level DP is accounted for all {len(strategy.site_nodes)} sites and "
+                   f"{', '.join(missing)} not connected: round skipped, the model is not updated")
+        log(WARNING, "Round %d: %s", plan.round, skipped)
+        messages: list[Message] = []
+    else:
+        messages = list(outer.configure_train(plan.round, arrays, ConfigRecord(), grid))
     asked = {m.metadata.dst_node_id for m in messages}
     down = _nbytes(arrays) + strategy.last_frozen_bytes
-    t_wait = time.perf_counter()
-    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout)) if messages else []
     wait_s = time.perf_counter() - t_wait
     up_bytes = {m.metadata.src_node_id: sum(_nbytes(r) for r in m.content.array_records.values())
                 for m in replies if not m.has_error()}
@@ -195,6 +206,10 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: P
             "aggregate": dict(agg_metrics) if agg_metrics is not None else {},
             "target_gap": state.target_gap(), "sites": sites, "wait_s": wait_s,
             "round_time_s": time.perf_counter() - t0}
+    if skipped:
+        line["skipped"] = skipped
+        for name in missing:
+            sites.setdefault(name, {}).update(status="not-connected", reason=skipped)
     record_privacy(outer, line, state.accountants)
     save_round(state, out_dir, plan.global_step + plan.local_steps, plan.phase, line,
                sorted(strategy.site_nodes.values()))

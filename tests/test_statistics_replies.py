@@ -1,22 +1,22 @@
 """A hostile or broken node's statistics-round reply leaves that node out with a logged reason; it never
 raises in the ServerApp. Replies are real Flower Messages and RecordDicts; only the transport (the Grid
-that would carry them through a SuperLink) is a stand-in that hands back the prepared replies."""
+that would carry them through a SuperLink) is a stand-in that hands back the prepared replies
+(``tests/reply_grid.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.metadata import Metadata
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from clin_jepa.data.concepts import load_concepts
 from clin_jepa.data.stats import SiteStatistics
 from clin_jepa.federation import FederationConfig
 from server.stats_round import MalformedReply, query_sites, read_site_reply
+from tests.reply_grid import ReplyGrid, as_serverapp_process
 
 
 def _honest_arrays(seed: int) -> dict[str, np.ndarray]:
@@ -79,38 +79,6 @@ def _reply(node: int, content: RecordDict | None) -> Message:
     return Message(metadata=meta, content=content)
 
 
-class _Replies(Grid):
-    """Hands back prepared replies as a SuperLink would after the round-timeout (a node in ``silent``
-    never answers)."""
-
-    def __init__(self, replies: dict[int, Message], silent: Iterable[int] = ()) -> None:
-        self.replies, self.silent = replies, set(silent)
-
-    def set_run(self, run: object) -> None:
-        raise NotImplementedError
-
-    @property
-    def run(self) -> object:
-        raise NotImplementedError
-
-    def create_message(self, *args: object, **kwargs: object) -> Message:
-        raise NotImplementedError
-
-    def get_node_ids(self) -> list[int]:
-        return sorted({*self.replies, *self.silent})
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> list[Message]:
-        dst = [m.metadata.dst_node_id for m in messages]
-        return [self.replies[n] for n in dst if n in self.replies]
-
-
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_each_malformed_reply_is_refused_with_a_reason(case):
     with pytest.raises(MalformedReply) as info:
@@ -127,9 +95,7 @@ def test_an_honest_reply_is_read():
 
 
 def test_the_statistics_round_leaves_every_malformed_node_out(caplog, monkeypatch):
-    # what the ServerApp process has set before the round (flwr's run_serverapp); Messages read it
-    for key, value in {"_task_id": 1, "_run_id": 1, "_node_id": 0}.items():
-        monkeypatch.setattr(TaskIdentity, key, value)
+    as_serverapp_process(monkeypatch)
     replies = {1: _reply(1, _content("a")), 2: _reply(2, _content("b", _honest_arrays(2)))}
     hostile = {}
     for i, case in enumerate(sorted(HOSTILE), start=10):
@@ -137,7 +103,7 @@ def test_the_statistics_round_leaves_every_malformed_node_out(caplog, monkeypatc
         hostile[i] = case
     cfg = FederationConfig(site_configs=("a.yaml", "b.yaml"), min_sites=2, round_timeout=1.0)
     with caplog.at_level("WARNING"):
-        roster = query_sites(_Replies(replies, silent=[99]), cfg, "statistics")
+        roster = query_sites(ReplyGrid(replies, silent=[99]), cfg, "statistics")
     assert roster.sites == {1: "a", 2: "b"}
     assert set(roster.stats) == {1, 2}
     assert set(roster.problems) == {*hostile, 99}
