@@ -84,9 +84,9 @@ def missing_for_central_dp(outer: Strategy, site_nodes: dict[int, str], grid: Gr
     round is not accounted).
 
     Flower's accountant is calibrated to all ``num_sampled_clients`` sites: its wrapper raises
-    ``ValueError`` when a round is configured for fewer, which would end the ServerApp. The caller skips
-    such a round instead (the model is not updated, the checkpoint is written, a later round or a
-    ``resume-from`` continues)."""
+    ``ValueError`` when a round is configured for fewer, which would end the ServerApp. The caller stops
+    the run cleanly after its last checkpoint instead (``server.server_app.central_dp_cannot_start``);
+    ``resume-from`` continues once the node is back."""
     if not isinstance(outer, DPWrapper) or outer.accountant is None:
         return []
     deadline = time.monotonic() + wait_s

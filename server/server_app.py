@@ -41,8 +41,8 @@ from server.weights import apply_server_weights
 app = ServerApp()
 # A simulation's in-memory grid looks for replies every 0.1 s by default: up to 0.1 s idle per round.
 SIMULATION_PULL_INTERVAL_S = 0.01
-# Longest wait (capped by round-timeout) for a site's node before an accounted client-level DP round is
-# skipped: such a round cannot go ahead without every site (server.privacy.missing_for_central_dp).
+# Longest wait (capped by round-timeout) for a site's node before a run under accounted client-level DP
+# stops: such a round cannot go ahead without every site (central_dp_cannot_start).
 CENTRAL_DP_WAIT_S = 60.0
 
 
@@ -103,6 +103,10 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
     status = "FAILED"
     try:
         for rnd in range(first, cfg.num_rounds + 1):
+            if why := central_dp_cannot_start(grid, cfg, strategy, outer):
+                log(WARNING, "Stopping before round %d: %s; round %d's checkpoint is kept: bring the node(s) "
+                    "back and resume with --run-config 'resume-from=\"%s\"'", rnd, why, rnd - 1, out_dir)
+                break
             line = run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
             tracker.log(rnd * cfg.local_steps, federated_metrics(line))
             evaluation = None
@@ -121,6 +125,19 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
     log(INFO, "Round report: %s (and report.md)", out_dir / "report.html")
     log(INFO, "Final checkpoint: %s", out_dir / "ckpt.pt")
     return state
+
+
+def central_dp_cannot_start(grid: Grid, cfg: FederationConfig, strategy: PhaseAware,
+                            outer: Strategy) -> str | None:
+    """Why the next round cannot go ahead under accounted client-level DP (None: it can). Flower's wrapper
+    is calibrated to every site and raises when a round is configured for fewer, which would end the
+    ServerApp with a traceback; instead the run waits for the missing nodes, then stops after its last
+    checkpoint, so a resume continues the schedule where it stopped (no round is spent without them)."""
+    wait = min(cfg.round_timeout, CENTRAL_DP_WAIT_S)
+    if missing := missing_for_central_dp(outer, strategy.site_nodes, grid, wait):
+        return (f"client-level DP is accounted for all {len(strategy.site_nodes)} sites and the node of "
+                f"{', '.join(missing)} has not been connected for {wait:.0f} s")
+    return None
 
 
 def _nbytes(record: ArrayRecord) -> int:
@@ -145,19 +162,11 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: P
     state.begin_round(plan)
     sent = state.flat(plan.upload)
     arrays = ArrayRecord({k: Array(v) for k, v in sent.items()})
-    t_wait = time.perf_counter()
-    skipped = None
-    if missing := missing_for_central_dp(outer, strategy.site_nodes, grid, min(cfg.round_timeout,
-                                                                               CENTRAL_DP_WAIT_S)):
-        skipped = (f"client-level DP is accounted for all {len(strategy.site_nodes)} sites and "
-                   f"{', '.join(missing)} not connected: round skipped, the model is not updated")
-        log(WARNING, "Round %d: %s", plan.round, skipped)
-        messages: list[Message] = []
-    else:
-        messages = list(outer.configure_train(plan.round, arrays, ConfigRecord(), grid))
+    messages = list(outer.configure_train(plan.round, arrays, ConfigRecord(), grid))
     asked = {m.metadata.dst_node_id for m in messages}
     down = _nbytes(arrays) + strategy.last_frozen_bytes
-    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout)) if messages else []
+    t_wait = time.perf_counter()
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     wait_s = time.perf_counter() - t_wait
     up_bytes = {m.metadata.src_node_id: sum(_nbytes(r) for r in m.content.array_records.values())
                 for m in replies if not m.has_error()}
@@ -206,10 +215,6 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: P
             "aggregate": dict(agg_metrics) if agg_metrics is not None else {},
             "target_gap": state.target_gap(), "sites": sites, "wait_s": wait_s,
             "round_time_s": time.perf_counter() - t0}
-    if skipped:
-        line["skipped"] = skipped
-        for name in missing:
-            sites.setdefault(name, {}).update(status="not-connected", reason=skipped)
     record_privacy(outer, line, state.accountants)
     save_round(state, out_dir, plan.global_step + plan.local_steps, plan.phase, line,
                sorted(strategy.site_nodes.values()))
