@@ -5,7 +5,7 @@ not checked."""
 
 from __future__ import annotations
 
-from logging import ERROR
+from logging import ERROR, INFO
 from pathlib import Path
 
 from flwr.app import Context, Error, Message
@@ -17,16 +17,21 @@ from clin_jepa.site_policy import REFUSED_CODE
 
 # The FAB's root: Flower installs the FAB and puts this directory first on sys.path.
 APP_DIR = Path(__file__).resolve().parents[1]
+_LOGGED: set[Path] = set()
 
 
 def refuse_foreign_code(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     if "site-config" not in context.node_config:
         return call_next(msg, context)
-    reasons = code_mismatch(APP_DIR)
-    if not reasons:
+    check = code_mismatch(APP_DIR)
+    if not check.reasons:
+        if APP_DIR not in _LOGGED:  # once per process: the site's log records what it accepted
+            _LOGGED.add(APP_DIR)
+            log(INFO, "FAB %s: %d file(s) identical to this site's installed clin-jepa", APP_DIR,
+                check.compared)
         return call_next(msg, context)
     text = ("this site runs only the clin-jepa code it installed, and the run's FAB differs: "
-            + "; ".join(reasons) + ". Install the coordinator's release at the site after reviewing it, or "
-            "ask the coordinator to run the site's version.")
+            + "; ".join(check.reasons) + ". Install the coordinator's release at the site after reviewing "
+            "it, or ask the coordinator to run the site's version.")
     log(ERROR, "%s", text)
     return Message(Error(code=REFUSED_CODE, reason=text), reply_to=msg)

@@ -22,6 +22,7 @@ import hashlib
 import importlib.metadata
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 DISTRIBUTION = "clin-jepa"
@@ -69,11 +70,19 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@dataclass(frozen=True)
+class CodeCheck:
+    """``reasons`` why the FAB is not this site's code (empty: it is), and how many files were compared."""
+
+    reasons: tuple[str, ...]
+    compared: int
+
+
 @functools.lru_cache(maxsize=8)
-def code_mismatch(app_dir: Path) -> tuple[str, ...]:
-    """Why the FAB in ``app_dir`` is not the code this site installed (empty: it is). Cached per process:
-    a FAB's files do not change while its run lasts."""
-    reasons = []
+def code_mismatch(app_dir: Path) -> CodeCheck:
+    """Compare the FAB in ``app_dir`` with the code this site installed. Cached per process: a FAB's files
+    do not change while its run lasts."""
+    reasons, compared = [], 0
     fab, mine = declared_version(app_dir), installed_version()
     if mine is None:
         reasons.append(f"no installed {DISTRIBUTION} distribution to compare the FAB with")
@@ -87,11 +96,13 @@ def code_mismatch(app_dir: Path) -> tuple[str, ...]:
         if installed is None:
             reasons.append(f"the FAB ships {package}/ but this site has no installed {package} package")
             continue
-        differ = sorted(str(f.relative_to(app_dir)) for f in shipped.rglob("*.py")
-                        if not (installed / f.relative_to(shipped)).is_file()
-                        or _digest(installed / f.relative_to(shipped)) != _digest(f))
+        files = sorted(shipped.rglob("*.py"))
+        compared += len(files)
+        differ = [str(f.relative_to(app_dir)) for f in files
+                  if not (installed / f.relative_to(shipped)).is_file()
+                  or _digest(installed / f.relative_to(shipped)) != _digest(f)]
         if differ:
             shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
             reasons.append(f"{len(differ)} file(s) of the FAB differ from this site's installed package "
                            f"({installed}): {shown}")
-    return tuple(reasons)
+    return CodeCheck(tuple(reasons), compared)

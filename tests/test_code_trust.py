@@ -29,8 +29,11 @@ SCRIPT = textwrap.dedent("""
                     group_id="0", created_at=time.time(), ttl=3600.0, message_type="query.statistics")
     query = RecordDict({"config": ConfigRecord({"what": "identify"})})
     reply = ca.app(Message(query, metadata=meta), context)
+    from client.trust import APP_DIR
+    from clin_jepa.code_trust import code_mismatch
     print(json.dumps({"from": ca.__file__, "error": reply.error.reason if reply.has_error() else None,
-                      "site": None if reply.has_error() else reply.content["site"]["site"]}))
+                      "site": None if reply.has_error() else reply.content["site"]["site"],
+                      "compared": code_mismatch(APP_DIR).compared}))
 """)
 
 
@@ -64,6 +67,8 @@ def test_the_installed_code_runs(tmp_path, site):
     got = _run(_fab(tmp_path), site, {"site-config": str(site)})
     assert got["from"].startswith(str(tmp_path / "fab"))  # the FAB's copy ran ...
     assert got == {**got, "error": None, "site": "hospital_a"}  # ... and, identical, was accepted
+    n_files = len(list((tmp_path / "fab").rglob("*.py")))
+    assert got["compared"] == n_files > 50  # every file was compared, not skipped
 
 
 def test_another_declared_version_is_refused(tmp_path, site):
