@@ -120,6 +120,8 @@ def test_the_statistics_epsilon_is_spent_in_the_ledger_before_the_reply_and_once
     # the shared bins the server derives from noisy replies are valid (every edge strictly increasing)
     disc = quantile_edges(merge_statistics([noisy]), 10)
     assert len(disc.concepts) >= 8 and all(np.all(np.diff(e) > 0) for e in disc.edges.values())
+    measured = {c.name for c, row in zip(load_concepts().measurements, exact.hist, strict=True) if row.any()}
+    assert set(disc.concepts) <= measured  # a concept the site never measured does not arrive on noise
 
 
 @pytest.mark.timeout(300)

@@ -25,10 +25,13 @@ A coordinator may ask for the statistics as often as it likes: the noisy release
 cache per data version and settings and sent again (re-sending one release spends nothing); only new data
 or new settings draw (and spend) again.
 
-Post-processing, which costs no privacy: cells below ``max(min_patients, FLOOR * sigma)`` are set to 0 (so
-empty cells do not send noise as mass), each block's value is spread evenly over its cells and rounded to
-integers, and the patient count is rounded and clipped at 0. The server merges these like any histograms
-and sends every site the same edges.
+Post-processing, which costs no privacy: a concept whose noisy total is below ``max(min_patients,
+ROW_FLOOR * sigma * sqrt(blocks))`` is sent as 0 (a concept the site never measured must not enter the
+vocabulary on noise), blocks below ``max(min_patients, FLOOR * sigma)`` are set to 0 (so empty blocks do
+not send noise as mass), each block's value is spread evenly over its cells and rounded to integers, and
+the patient count is rounded and clipped at 0. The edges the server derives are then patient-weighted
+quantiles (each patient's values of a concept weigh 1 in all), not event-weighted ones. The server merges
+these like any histograms and sends every site the same edges.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from clin_jepa.privacy.runs import run_path
 
 BLOCK = 8  # cells pooled per released value: 64 values per concept instead of 512, 1/8 of the noise mass
 FLOOR = 2.0  # cells below FLOOR x sigma are sent as 0: noise alone exceeds that in 2.3 % of empty cells
+ROW_FLOOR = 4.0  # concepts below ROW_FLOOR x their total noise sd are sent as 0 (noise alone: 3e-5 of rows)
 ACCOUNTANT = "rdp"
 
 
@@ -87,7 +91,11 @@ def as_statistics(noisy: np.ndarray, sigma: float, min_patients: int,
     """Post-processing of a noisy vector into integer histograms of the wire format."""
     m = template.hist.shape[0]
     pooled = noisy[:-1].reshape(m, HIST_CELLS // BLOCK)
-    pooled = np.where(pooled >= max(float(min_patients), FLOOR * sigma), pooled, 0.0)
+    # a concept whose noisy total is within ROW_FLOOR sd of its noise is dropped whole: otherwise a concept
+    # the site never measured would enter the shared vocabulary on a few noise blocks above the floor
+    row_sd = sigma * np.sqrt(pooled.shape[1])
+    present = pooled.sum(axis=1, keepdims=True) >= max(float(min_patients), ROW_FLOOR * row_sd)
+    pooled = np.where(present & (pooled >= max(float(min_patients), FLOOR * sigma)), pooled, 0.0)
     hist = np.rint(np.repeat(pooled / BLOCK, BLOCK, axis=1)).astype(np.int64)
     n_subjects = max(0, int(np.rint(noisy[-1])))
     return SiteStatistics(hist, np.zeros_like(template.counts), n_subjects, 0)
