@@ -2,7 +2,8 @@
 (handlers in ``client.rounds``).
 
 Before any handler runs, ``client.errors`` makes sure only an error's type leaves the site (except for
-configuration errors and privacy refusals), and ``client.policy`` holds the run to this site's limits and
+configuration errors and privacy refusals), ``client.trust`` refuses a FAB whose code is not the site's
+installed package (deployed nodes), and ``client.policy`` holds the run to this site's limits and
 this node's opt-in to test hooks, and refuses it (an error reply naming each limit) when it asks for more.
 
 This module imports Flower and the light configuration code only. The handlers' module (torch, the site's
@@ -18,8 +19,9 @@ from flwr.clientapp import ClientApp
 
 from client.errors import contain_errors
 from client.policy import refuse_outside_limits
+from client.trust import refuse_foreign_code
 
-app = ClientApp(mods=[contain_errors, refuse_outside_limits])
+app = ClientApp(mods=[contain_errors, refuse_foreign_code, refuse_outside_limits])
 
 
 @app.query("statistics")

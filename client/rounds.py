@@ -44,6 +44,7 @@ from clin_jepa.data.stats import Discretization
 from clin_jepa.federation import FederationConfig, encode_reply, split_groups, unpack_arrays
 from clin_jepa.models import ModelConfig
 from clin_jepa.privacy import BudgetExhausted, check_run_id
+from clin_jepa.privacy.statistics import released_statistics
 from clin_jepa.security.disclosure import min_patients_from, round_patients, suppress_by_metric
 
 
@@ -64,11 +65,17 @@ def statistics(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"site": info}), reply_to=msg)
     check_site_catalog(site.name, site.cfg.concept_catalog)  # an error reply: the server leaves it out
     info["catalog"] = load_concepts().fingerprint()
-    # Cells and concept counts behind fewer than the hospital's min-patients patients stay at the site.
-    stats = site.statistics().suppressed(min_patients_from(context.node_config))
+    min_patients = min_patients_from(context.node_config)
+    metrics: dict[str, float] = {}
+    if site.cfg.privacy.statistics_epsilon is not None:
+        # Gaussian noise on bounded per-patient contributions, spent in the site's ledger before it leaves
+        stats, metrics = released_statistics(site.cfg, site.statistics(), min_patients)
+    else:  # cells and concept counts behind fewer than min-patients patients stay at the site
+        stats = site.statistics().suppressed(min_patients)
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.to_arrays().items()})
-    return Message(RecordDict({"statistics": arrays, "metrics": MetricRecord({"num-examples": stats.n_stays}),
-                              "site": info}), reply_to=msg)
+    metrics["num-examples"] = stats.n_stays
+    return Message(RecordDict({"statistics": arrays, "metrics": MetricRecord(metrics), "site": info}),
+                   reply_to=msg)
 
 
 def train(msg: Message, context: Context) -> Message:

@@ -106,6 +106,7 @@ class PrivacyConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     noise_multiplier: float | None = None
+    statistics_epsilon: float | None = None  # noise on the statistics round: clin_jepa.privacy.statistics
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ def _code_rules(raw: Any, path: str) -> tuple[CodeRule, ...]:
 
 
 def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
-    _only(raw, ("enabled", "target_epsilon", "delta", "max_grad_norm", "noise_multiplier"), path)
+    keys = ("enabled", "target_epsilon", "delta", "max_grad_norm", "noise_multiplier", "statistics_epsilon")
+    _only(raw, keys, path)
     eps = _get(raw, "target_epsilon", path, (int, float), 8.0)
     delta = _get(raw, "delta", path, (int, float), 1e-5)
     clip = _get(raw, "max_grad_norm", path, (int, float), 1.0)
@@ -234,7 +236,11 @@ def _privacy(raw: dict[str, Any], path: str) -> PrivacyConfig:
         raise ConfigError(f"{path}.max_grad_norm: must be a finite number > 0, got {clip}")
     if noise is not None and not 0 < noise < math.inf:
         raise ConfigError(f"{path}.noise_multiplier: must be a finite number > 0 or null, got {noise}")
-    return PrivacyConfig(bool(_get(raw, "enabled", path, bool, False)), eps, delta, clip, noise)
+    stat = _get(raw, "statistics_epsilon", path, (int, float, type(None)), None)
+    if stat is not None and not 0 < stat <= eps:
+        raise ConfigError(f"{path}.statistics_epsilon: must be a number > 0 and at most the site's lifetime "
+                          f"budget {path}.target_epsilon = {eps}, or null (no noise), got {stat}")
+    return PrivacyConfig(bool(_get(raw, "enabled", path, bool, False)), eps, delta, clip, noise, stat)
 
 
 def _choices(raw: dict[str, Any], key: str, allowed: tuple[str, ...],
@@ -301,6 +307,13 @@ def _ignore_item(item: Any, i: int) -> str:
     return item
 
 
+def is_site_name(name: object) -> bool:
+    """A site name becomes a folder (state/<site>, reports) and a key of the server's tables: 1-64
+    letters, digits, '_', '.', '-', starting with a letter or digit, without '..'."""
+    return (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name) is not None
+            and ".." not in name)
+
+
 def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> SiteConfig:
     """Build a :class:`SiteConfig` from parsed YAML; relative paths resolve against ``base_dir``."""
     if not isinstance(raw, dict):
@@ -311,8 +324,7 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
     if unknown:
         raise ConfigError(f"site config: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     site = _get(raw, "site", "site config", str)
-    # The name becomes a folder (state/<site>, reports): it must not be '.', '..' or start with a dot.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", site) or ".." in site:
+    if not is_site_name(site):
         raise ConfigError(f"site: {site!r} must be 1-64 letters, digits, '_', '.', '-', start with a letter "
                           f"or digit and not contain '..'")
     data = _only(_get(raw, "data", "site config", dict), ("path",), "data")

@@ -19,11 +19,13 @@ the client-level accountant is restored from it on resume, so ε continues inste
 from __future__ import annotations
 
 import json
+import time
 from logging import INFO, WARNING
 from typing import Any
 
 from flwr.app import Message
 from flwr.common import log
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -69,6 +71,31 @@ def wrap_central_dp(strategy: Any, cfg: FederationConfig, n_sites: int,
     wrapper = (DifferentialPrivacyClientSideFixedClipping if cfg.dp_central == "client-fixed"
                else DifferentialPrivacyServerSideFixedClipping)
     return wrapper(strategy, cfg.dp_noise_multiplier, cfg.dp_clipping_norm, n_sites, accountant=accountant)
+
+
+# How often to look for a site node that an accounted client-level DP round is waiting for.
+MISSING_POLL_S = 1.0
+
+
+def missing_for_central_dp(outer: Strategy, site_nodes: dict[int, str], grid: Grid,
+                           wait_s: float) -> list[str]:
+    """The sites whose node is not connected when a round of accounted client-level DP is about to be
+    configured, after waiting up to ``wait_s`` for them to come back (empty: every site is there, or the
+    round is not accounted).
+
+    Flower's accountant is calibrated to all ``num_sampled_clients`` sites: its wrapper raises
+    ``ValueError`` when a round is configured for fewer, which would end the ServerApp. The caller stops
+    the run cleanly after its last checkpoint instead (``server.server_app.central_dp_cannot_start``);
+    ``resume-from`` continues once the node is back."""
+    if not isinstance(outer, DPWrapper) or outer.accountant is None:
+        return []
+    deadline = time.monotonic() + wait_s
+    while True:
+        connected = set(grid.get_node_ids())
+        missing = sorted(name for node, name in site_nodes.items() if node not in connected)
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(MISSING_POLL_S)
 
 
 def budget_exhausted(msg: Message) -> str | None:

@@ -32,7 +32,7 @@ from clin_jepa.federation import FederationConfig, RoundPlan, decode_reply, plan
 from clin_jepa.tracking import Tracker, federated_metrics, settings
 from server.checks import screen_replies
 from server.evaluation import log_progress, run_evaluation
-from server.privacy import record_privacy
+from server.privacy import missing_for_central_dp, record_privacy
 from server.state import METRICS, ServerState, resume_state, save_round, truncate_metrics
 from server.stats_round import query_sites
 from server.strategy import PhaseAware, build_strategy, wrap_for_privacy
@@ -41,6 +41,9 @@ from server.weights import apply_server_weights
 app = ServerApp()
 # A simulation's in-memory grid looks for replies every 0.1 s by default: up to 0.1 s idle per round.
 SIMULATION_PULL_INTERVAL_S = 0.01
+# Longest wait (capped by round-timeout) for a site's node before a run under accounted client-level DP
+# stops: such a round cannot go ahead without every site (central_dp_cannot_start).
+CENTRAL_DP_WAIT_S = 60.0
 
 
 @app.main()
@@ -100,6 +103,10 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
     status = "FAILED"
     try:
         for rnd in range(first, cfg.num_rounds + 1):
+            if why := central_dp_cannot_start(grid, cfg, strategy, outer):
+                log(WARNING, "Stopping before round %d: %s; round %d's checkpoint is kept: bring the node(s) "
+                    "back and resume with --run-config 'resume-from=\"%s\"'", rnd, why, rnd - 1, out_dir)
+                break
             line = run_round(grid, cfg, state, strategy, outer, plan_round(rnd, cfg), out_dir)
             tracker.log(rnd * cfg.local_steps, federated_metrics(line))
             evaluation = None
@@ -118,6 +125,19 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> ServerState:
     log(INFO, "Round report: %s (and report.md)", out_dir / "report.html")
     log(INFO, "Final checkpoint: %s", out_dir / "ckpt.pt")
     return state
+
+
+def central_dp_cannot_start(grid: Grid, cfg: FederationConfig, strategy: PhaseAware,
+                            outer: Strategy) -> str | None:
+    """Why the next round cannot go ahead under accounted client-level DP (None: it can). Flower's wrapper
+    is calibrated to every site and raises when a round is configured for fewer, which would end the
+    ServerApp with a traceback; instead the run waits for the missing nodes, then stops after its last
+    checkpoint, so a resume continues the schedule where it stopped (no round is spent without them)."""
+    wait = min(cfg.round_timeout, CENTRAL_DP_WAIT_S)
+    if missing := missing_for_central_dp(outer, strategy.site_nodes, grid, wait):
+        return (f"client-level DP is accounted for all {len(strategy.site_nodes)} sites and the node of "
+                f"{', '.join(missing)} has not been connected for {wait:.0f} s")
+    return None
 
 
 def _nbytes(record: ArrayRecord) -> int:

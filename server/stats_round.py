@@ -15,7 +15,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from clin_jepa.data.concepts import load_concepts
+from clin_jepa.config import is_site_name
+from clin_jepa.data.concepts import ConceptTable, load_concepts
 from clin_jepa.data.stats import Discretization, SiteStatistics, merge_statistics, quantile_edges
 from clin_jepa.errors import ClinJepaError
 from clin_jepa.federation import FederationConfig
@@ -72,6 +73,42 @@ def name_mismatch(node: int, claimed: str, registered: dict[int, str], sites: se
             "its key was registered for")
 
 
+class MalformedReply(ClinJepaError):
+    """A node's statistics-round reply cannot be used; the text says why (it is logged, the node is left
+    out of the run)."""
+
+
+def read_site_reply(msg: Message | None, what: str,
+                    catalog: ConceptTable) -> tuple[str, SiteStatistics | None]:
+    """The site name (and, for ``what="statistics"``, the statistics) in one node's reply to the
+    statistics round. Any reply a hostile or broken node can send (no reply, an error, a missing or
+    mistyped record, an invalid name, another catalog, arrays of another shape or dtype, negative, NaN or
+    absurd counts) raises :class:`MalformedReply`, never anything else: the ServerApp must go on."""
+    if msg is None:
+        raise MalformedReply("no reply before round-timeout")
+    if msg.has_error():
+        raise MalformedReply(f"client failed: {str(msg.error.reason).strip()[-600:]}")
+    info = msg.content.config_records.get("site")
+    name = None if info is None else info.get("site")
+    if not is_site_name(name):
+        raise MalformedReply(f"no valid site name in the reply (a ConfigRecord 'site' with a string 'site' "
+                             f"of 1-64 letters, digits, '_', '.', '-'; got {str(name)[:80]!r})")
+    if what != "statistics":
+        return name, None
+    theirs = info.get("catalog", "")
+    if theirs != catalog.fingerprint():
+        raise MalformedReply(f"site {name!r} tokenizes with concept catalog {str(theirs)[:12]}, not the "
+                             f"run's {catalog.describe()}")
+    record = msg.content.array_records.get("statistics")
+    if record is None:
+        raise MalformedReply(f"site {name!r}: malformed statistics: no ArrayRecord 'statistics'")
+    try:
+        arrays = {k: v.numpy() for k, v in record.items()}
+        return name, SiteStatistics.from_arrays(arrays)
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes hold, the node is only left out
+        raise MalformedReply(f"site {name!r}: malformed statistics: {exc}") from None
+
+
 def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> SiteRoster:
     """Ask every connected node for its site (and statistics); nodes that fail are left out and logged."""
     expected = len(cfg.site_configs)
@@ -86,35 +123,22 @@ def query_sites(grid: Grid, cfg: FederationConfig, what: str = "statistics") -> 
     registered = registered_names(grid)
     timeout = max(cfg.round_timeout, MIN_STATS_TIMEOUT_S)
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=timeout)}
-    sites = {str(m.content["site"]["site"]) for m in replies.values()
-             if not m.has_error() and "site" in m.content}
+    answers: dict[int, tuple[str, SiteStatistics | None]] = {}
     for node in nodes:
-        msg = replies.get(node)
-        if msg is None:
-            roster.problems[node] = "no reply before round-timeout"
-        elif msg.has_error():
-            roster.problems[node] = f"client failed: {msg.error.reason.strip()[-600:]}"
+        try:
+            answers[node] = read_site_reply(replies.get(node), what, catalog)
+        except MalformedReply as exc:
+            roster.problems[node] = str(exc)
+    sites = {name for name, _ in answers.values()}
+    for node, (name, stats) in answers.items():
+        if mismatch := name_mismatch(node, name, registered, sites):
+            roster.problems[node] = mismatch
+        elif name in roster.sites.values():
+            roster.problems[node] = f"site {name!r} is already played by another node"
         else:
-            name = str(msg.content["site"]["site"])
-            if mismatch := name_mismatch(node, name, registered, sites):
-                roster.problems[node] = mismatch
-                continue
-            if name in roster.sites.values():
-                roster.problems[node] = f"site {name!r} is already played by another node"
-                continue
-            theirs = str(msg.content["site"].get("catalog", ""))
-            if what == "statistics" and theirs != catalog.fingerprint():
-                roster.problems[node] = (f"site {name!r} tokenizes with concept catalog {theirs[:12]}, not "
-                                         f"the run's {catalog.describe()}")
-                continue
-            try:
-                if what == "statistics":
-                    stats = {k: v.numpy() for k, v in msg.content["statistics"].items()}
-                    roster.stats[node] = SiteStatistics.from_arrays(stats)
-            except (ClinJepaError, KeyError) as exc:
-                roster.problems[node] = f"malformed statistics: {exc}"
-                continue
             roster.sites[node] = name
+            if stats is not None:
+                roster.stats[node] = stats
     for node, why in roster.problems.items():
         log(WARNING, "Statistics round: node %d left out: %s", node, why)
     log(INFO, "Statistics round: sites %s", sorted(roster.sites.values()))

@@ -219,3 +219,35 @@ def test_test_hooks_act_only_at_an_opted_in_node(tmp_path):
     finally:
         dep.stop_all()
         assert dep.leftovers() == [], "processes survived the test"
+
+
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 240)
+def test_central_dp_run_stops_cleanly_without_a_site_and_resumes(fed, tmp_path):
+    """Accounted client-level DP needs every site in every round (Flower's wrapper raised ValueError when
+    a round was configured for fewer, ending the ServerApp): with hospital_c's SuperNode stopped after
+    round 1 the run waits for it, stops after its last checkpoint with the reason, and resumes from there
+    once the node is back."""
+    ckpt_dir = tmp_path / "ckpt"
+    dp = {"dp-central": "server-fixed", "dp-noise-multiplier": 0.5, "round-timeout": 60.0, "eval-every": -1}
+    run = fed.start_run(_run_config(fed, ckpt_dir, **dp))
+    wait_for(lambda: (ckpt_dir / "round_0001.pt").exists() or not run.alive(), RUN_TIMEOUT, "round 1")
+    victim = next(p for p in fed.procs if p.name == "supernode-node-3" and p.alive())
+    fed.kill(victim, signal.SIGTERM)  # a clean stop: the SuperLink lists the node as gone at once
+    try:
+        _finish(run)
+    finally:  # bring the hospital back (for the resume and the next drill)
+        fed.start_supernode("node-3", fed.site_configs["node-3"])
+        wait_for(lambda: fed.online_nodes() == 3, 120, "node-3 back online")
+    stopped = _lines(ckpt_dir)[-1]["round"]
+    assert 1 <= stopped < ROUNDS
+    assert (f"Stopping before round {stopped + 1}: client-level DP is accounted for all 3 sites and the node "
+            "of hospital_c has not been connected for 60 s") in run.text()
+    assert load_checkpoint(ckpt_dir / "ckpt.pt").round == stopped
+    resumed = fed.start_run(_run_config(fed, ckpt_dir, **dp, **{"resume-from": str(ckpt_dir)}))
+    _finish(resumed)
+    lines = _lines(ckpt_dir)
+    assert [line["round"] for line in lines] == list(range(ROUNDS + 1))
+    assert all(line["updated"] and line["accepted"] == 3 for line in lines[stopped + 1:])
+    releases = [line["privacy"]["client_level"]["releases"] for line in lines[1:]]
+    assert releases == sorted(releases) and releases[-1] == sum(line["updated"] for line in lines[1:])
+    _assert_signed(fed, ckpt_dir)

@@ -27,6 +27,7 @@ from clin_jepa.io import atomic_write_bytes
 
 HIST_CELLS = 512
 DEFAULT_BINS = 10
+MAX_COUNT = 1 << 40  # the largest count a statistics reply may carry
 
 
 @dataclass
@@ -42,13 +43,18 @@ class SiteStatistics:
     # what may leave (:meth:`suppressed`), never transported. None when not computed.
     cell_patients: np.ndarray | None = None
     concept_patients: np.ndarray | None = None
+    # Each patient's values of a concept spread over its cells as fractions summing to 1, added over the
+    # patients (float64, like ``hist``): one patient moves each concept's row by at most 1 in L1 and L2,
+    # the bounded contribution that noise is calibrated to (``clin_jepa.privacy.statistics``). Site only.
+    patient_mass: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> SiteStatistics:
         table = load_concepts()
         hist, counts = np.zeros((len(table.measurements), HIST_CELLS), np.int64), np.zeros(len(table.names),
                                                                                           np.int64)
-        return cls(hist, counts, cell_patients=np.zeros_like(hist), concept_patients=np.zeros_like(counts))
+        return cls(hist, counts, cell_patients=np.zeros_like(hist), concept_patients=np.zeros_like(counts),
+                   patient_mass=np.zeros(hist.shape, np.float64))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for transport (e.g. a Flower ArrayRecord)."""
@@ -60,19 +66,28 @@ class SiteStatistics:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SiteStatistics:
         """Inverse of :meth:`to_arrays`; refuses arrays of the wrong shape (another vocabulary)."""
         ref = cls.empty()
+        names = ("hist", "counts", "n_subjects", "n_stays")
         try:
-            hist = np.asarray(arrays["hist"], dtype=np.int64)
-            counts = np.asarray(arrays["counts"], dtype=np.int64)
-            n_subjects = int(np.asarray(arrays["n_subjects"]).reshape(-1)[0])
-            n_stays = int(np.asarray(arrays["n_stays"]).reshape(-1)[0])
-        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raw = [np.asarray(arrays[k]) for k in names]
+        except (KeyError, ValueError, TypeError) as exc:
             raise ClinJepaError(f"site statistics: malformed arrays ({exc!r}); expected keys "
                                 "hist, counts, n_subjects, n_stays") from None
+        # Counts are integers: a float array (NaN, inf, 0.5) would be cast silently to garbage.
+        if bad := [k for k, a in zip(names, raw, strict=True) if a.dtype.kind not in "iu"]:
+            raise ClinJepaError(f"site statistics: {', '.join(bad)} must be integer counts, got "
+                                f"{', '.join(str(a.dtype) for a in raw if a.dtype.kind not in 'iu')}")
+        if raw[2].size != 1 or raw[3].size != 1:
+            raise ClinJepaError("site statistics: n_subjects and n_stays must be one number each")
+        hist, counts = raw[0].astype(np.int64), raw[1].astype(np.int64)
+        n_subjects, n_stays = int(raw[2].reshape(-1)[0]), int(raw[3].reshape(-1)[0])
         if hist.shape != ref.hist.shape or counts.shape != ref.counts.shape:
             raise ClinJepaError(f"site statistics: shapes hist {hist.shape}, counts {counts.shape} do not "
                                 f"match this vocabulary ({ref.hist.shape}, {ref.counts.shape})")
-        if (hist < 0).any() or (counts < 0).any():
+        if (hist < 0).any() or (counts < 0).any() or min(n_subjects, n_stays) < 0:
             raise ClinJepaError("site statistics: negative counts")
+        # Bounded so that summing the sites can never overflow int64 (and no site is 10^12 patients).
+        if max(int(hist.max(initial=0)), int(counts.max(initial=0)), n_subjects, n_stays) > MAX_COUNT:
+            raise ClinJepaError(f"site statistics: a count above {MAX_COUNT} is not a hospital's")
         return cls(hist, counts, n_subjects, n_stays)
 
     def __add__(self, other: SiteStatistics) -> SiteStatistics:
@@ -82,7 +97,8 @@ class SiteStatistics:
         return SiteStatistics(self.hist + other.hist, self.counts + other.counts,
                               self.n_subjects + other.n_subjects, self.n_stays + other.n_stays,
                               both(self.cell_patients, other.cell_patients),
-                              both(self.concept_patients, other.concept_patients))
+                              both(self.concept_patients, other.concept_patients),
+                              both(self.patient_mass, other.patient_mass))
 
     def add_values(self, concept: np.ndarray, value: np.ndarray, subject: np.ndarray | None = None) -> None:
         """Count canonical values of measurement concepts (indices into the canonical order) in place;
@@ -98,8 +114,13 @@ class SiteStatistics:
         cell = np.clip(np.floor((v - lo) / (hi - lo) * HIST_CELLS), 0, HIST_CELLS - 1).astype(np.int64)
         self.hist += np.bincount(c * HIST_CELLS + cell, minlength=m * HIST_CELLS).reshape(m, HIST_CELLS)
         if subject is not None:
-            if self.cell_patients is None or self.concept_patients is None:
+            if self.cell_patients is None or self.concept_patients is None or self.patient_mass is None:
                 raise ClinJepaError("site statistics: patients per cell are kept only from empty() on")
+            # each (patient, concept) pair's values weigh 1 / their number: the patient's row sums to 1
+            _, pair, n_pair = np.unique(np.stack([subject[ok].astype(np.int64), c]), axis=1,
+                                        return_inverse=True, return_counts=True)
+            self.patient_mass += np.bincount(c * HIST_CELLS + cell, weights=1.0 / n_pair[pair.reshape(-1)],
+                                             minlength=m * HIST_CELLS).reshape(m, HIST_CELLS)
             self.cell_patients += _distinct_per(subject[ok], c * HIST_CELLS + cell, m * HIST_CELLS).reshape(
                 m, HIST_CELLS)
             known = concept >= 0
@@ -145,7 +166,14 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
     train_ids = np.array(sorted(s for s, code in splits.items() if code == SPLIT_CODE["train"]), np.int64)
     mapper = CodeMapper(cfg)
     out = SiteStatistics.empty()
+    seen = np.zeros(0, np.int64)
     for shard in iter_shards(cfg.data_path):
+        # patients per cell and each patient's bounded contribution assume all of a patient's rows in
+        # one shard (MEDS); a patient counted in two shards would count twice
+        if np.isin(here := np.unique(shard.subject), seen).any():
+            raise ClinJepaError(f"{cfg.data_path}: a subject appears in more than one shard (MEDS keeps a "
+                                "subject in one shard); run `clin-jepa validate` on the site's data")
+        seen = np.union1d(seen, here)
         h = harmonize(shard, mapper)
         # split membership is looked up once per run of equal subject_id (MEDS keeps subjects together)
         run = np.flatnonzero(np.r_[True, shard.subject[1:] != shard.subject[:-1]])
@@ -161,8 +189,8 @@ def compute_site_statistics(cfg: SiteConfig) -> SiteStatistics:
 
 
 # ---- cache: a site computes its statistics once per version of its data --------------------------------
-STATS_CACHE_VERSION = 1
-_STATS_FIELDS = ("hist", "counts", "cell_patients", "concept_patients")
+STATS_CACHE_VERSION = 2
+_STATS_FIELDS = ("hist", "counts", "cell_patients", "concept_patients", "patient_mass")
 
 
 def statistics_cache_key(cfg: SiteConfig) -> str:
@@ -209,11 +237,12 @@ def _load_statistics(path: Path) -> SiteStatistics | None:
     if digest != array_digest(arrays):
         return None
     ref = SiteStatistics.empty()
-    if any(arrays[f].shape != getattr(ref, f).shape or arrays[f].dtype != np.int64 for f in _STATS_FIELDS):
+    if any(arrays[f].shape != getattr(ref, f).shape or arrays[f].dtype != getattr(ref, f).dtype
+           for f in _STATS_FIELDS):
         return None
     n_subjects, n_stays = (int(x) for x in arrays["n"])
     return SiteStatistics(arrays["hist"], arrays["counts"], n_subjects, n_stays, arrays["cell_patients"],
-                          arrays["concept_patients"])
+                          arrays["concept_patients"], arrays["patient_mass"])
 
 
 def site_statistics(cfg: SiteConfig, use_cache: bool = True) -> SiteStatistics:
@@ -228,7 +257,7 @@ def site_statistics(cfg: SiteConfig, use_cache: bool = True) -> SiteStatistics:
             return cached
     stats = compute_site_statistics(cfg)
     if use_cache:
-        arrays = {f: np.ascontiguousarray(getattr(stats, f), np.int64) for f in _STATS_FIELDS}
+        arrays = {f: np.ascontiguousarray(getattr(stats, f)) for f in _STATS_FIELDS}
         arrays["n"] = np.array([stats.n_subjects, stats.n_stays], np.int64)
         buf = io.BytesIO()
         np.savez(buf, digest=np.array(array_digest(arrays)), **arrays)
