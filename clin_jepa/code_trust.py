@@ -1,8 +1,9 @@
 """Does the code the coordinator shipped in the FAB match the package this site installed?
 
-A Flower FAB carries ``clin_jepa/**`` and ``client/**`` and Flower puts the FAB's directory first on
-``sys.path``, so in a ClientApp process ``import clin_jepa`` is the coordinator's copy, not the site's
-installed and pinned one. On a deployed node the ClientApp therefore compares, before any handler runs:
+Flower puts the FAB's directory first on ``sys.path``, so a package the FAB ships shadows the site's
+installed and pinned one. This project's FAB ships only the glue (``client/**``, ``server/**``); the core
+(``clin_jepa``: DP, the ledger, suppression) comes from the site's install. A FAB may still ship either
+package, so on a deployed node the ClientApp compares, before any handler runs:
 
 * the version the FAB declares (its ``pyproject.toml``, ``[project].version``) with the installed
   distribution's version (``importlib.metadata``: the site's own ``clin-jepa`` install), and

@@ -5,11 +5,13 @@ the real ClientApp from it in a fresh process with that directory first on sys.p
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 
@@ -86,3 +88,16 @@ def test_edited_enforcement_code_is_refused(tmp_path, site):
 def test_a_simulated_node_is_not_checked(tmp_path, site):
     got = _run(_fab(tmp_path, version="9.9.9"), site, {"partition-id": 0})
     assert got["error"] is None and got["site"] == "hospital_a"
+
+
+def test_the_fab_ships_the_glue_but_not_the_core(tmp_path):
+    """The FAB that `flwr run` builds from this project carries `client/` and `server/` only: the core
+    that enforces DP, the ledger and suppression (`clin_jepa/`) is imported from each site's own install."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from clin_jepa.localrun import stage_app
+
+    app = stage_app(REPO, tmp_path / "app")
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app))).namelist()
+    assert "client/client_app.py" in names and "server/server_app.py" in names
+    assert not [n for n in names if n.startswith("clin_jepa/")]
