@@ -152,6 +152,14 @@ EVALUATE_METRICS = {"num-examples", "eval-mean_auroc", "eval-displacement_ratio"
 EVALUATE_PATTERNS = (re.compile(r"eval-(auroc|auprc)-[a-z0-9_]+"),)
 
 
+def _statistics_state(cfg: FederationConfig, context: Context) -> ServerState:
+    """The server's initial state built from the real ClientApp's statistics reply."""
+    query = RecordDict({"config": ConfigRecord({"what": "statistics"})})
+    reply = app(_message(query, "query.statistics", 0), context)
+    stats = SiteStatistics.from_arrays({k: v.numpy() for k, v in reply.content["statistics"].items()})
+    return ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))
+
+
 def _evaluate_reply(site, min_patients: int):
     """The real ClientApp's answer to the server's evaluate message for an untrained global model."""
     run_config = {"preset": "tiny", "synth-if-missing": False, "site-configs": str(site), "min-sites": 1}
@@ -162,10 +170,7 @@ def _evaluate_reply(site, min_patients: int):
     # the discretization comes from a statistics round without suppression: the model must have inputs
     lenient = Context(run_id=1, node_id=NODE, node_config={"site-config": str(site), "min-patients": 1},
                       state=RecordDict(), run_config=run_config)
-    stats = SiteStatistics.from_arrays({k: v.numpy() for k, v in app(
-        _message(RecordDict({"config": ConfigRecord({"what": "statistics"})}), "query.statistics", 0),
-        lenient).content["statistics"].items()})
-    state = ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))
+    state = _statistics_state(cfg, lenient)
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in state.flat(GROUPS).items()}),
                           "config": ConfigRecord({"server-round": 1, "run-id": state.run_id,
                                                   "discretization": json.dumps(state.disc.to_dict()),
@@ -203,6 +208,8 @@ def test_evaluate_reply_carries_only_small_cell_safe_aggregates(larger_site):
     assert all(partial[key] == everything[key] for key in partial
                if key not in ("eval-mean_auroc", "eval-displacement_ratio"))
     assert partial["eval-mean_auroc"] == pytest.approx(np.mean([aurocs[t] for t in kept]))
+
+
 @pytest.mark.timeout(300)
 def test_client_side_clipping_bounds_the_reply_the_server_decodes(site):
     """dp-central = client-fixed with the default float16 transport: the server's DP wrapper puts the
@@ -218,11 +225,7 @@ def test_client_side_clipping_bounds_the_reply_the_server_decodes(site):
     cfg = FederationConfig.from_run_config(run_config)
     context = Context(run_id=1, node_id=NODE, node_config={"site-config": str(site)}, state=RecordDict(),
                       run_config=run_config)
-    query = RecordDict({"config": ConfigRecord({"what": "statistics"})})
-    stats = SiteStatistics.from_arrays({k: v.numpy() for k, v in
-                                        app(_message(query, "query.statistics", 0), context)
-                                        .content["statistics"].items()})
-    state = ServerState.initial(cfg, quantile_edges(stats, cfg.n_bins))
+    state = _statistics_state(cfg, context)
     strategy = ClinJepaFedAvg(cfg, state, {NODE: "hospital_a"})
     wrapper = DifferentialPrivacyClientSideFixedClipping(strategy, 0.0, clip, 1)
     plan = plan_round(1, cfg)
