@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import re2
-import yaml
 
 from clin_jepa.errors import ConfigError
+from clin_jepa.yamlfile import load_yaml_file
 
 DEVICES = ("cpu", "cuda", "auto")
-MAX_YAML_BYTES = 1 << 20
 MAX_REGEX_CHARS = 1000
 MAX_BATCH_SIZE = 1 << 16  # beyond this a batch cannot fit any device this project targets
 # Reply formats: the trained weights themselves (float32), or the round's update in half precision
@@ -357,41 +356,6 @@ def parse_site_config(raw: Any, base_dir: Path, source: Path | None = None) -> S
         concept_catalog=(None if (cat := _get(raw, "concept_catalog", "site config", str, "")) == ""
                          else _resolve(base_dir / cat, "concept_catalog")),
     )
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but a key given twice is an error (PyYAML keeps the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def load_yaml_file(path: Path, what: str) -> Any:
-    """A small UTF-8 YAML file parsed safely; :class:`ConfigError` for anything else."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_YAML_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from None
-    if len(data) > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: the {what} is larger than {MAX_YAML_BYTES >> 20} MiB; a {what} is a "
-                          f"short YAML file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}); save it as "
-                          f"UTF-8") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def load_site_config(path: str | Path) -> SiteConfig:

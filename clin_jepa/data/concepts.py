@@ -28,6 +28,7 @@ import yaml
 
 from clin_jepa.data.units import affine
 from clin_jepa.errors import ClinJepaError, ConfigError
+from clin_jepa.yamlfile import load_yaml_file
 
 KINDS = ("measurement", "treatment")
 _CONCEPT_KEYS = ("name", "kind", "unit", "range", "nonnegative", "molar_mass", "aliases")
@@ -163,8 +164,6 @@ def read_catalog(path: str | Path | None) -> ConceptTable:
     """The catalog in ``path``; the packaged one for None or ""."""
     if not path:
         return packaged_catalog()
-    from clin_jepa.config import load_yaml_file  # config imports this package's siblings; keep it lazy
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: concept catalog file not found")
