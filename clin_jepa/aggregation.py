@@ -92,3 +92,29 @@ def site_weights(patients: Mapping[str, int], cap: float) -> dict[str, float]:
     counts = np.sort(np.array([max(int(v), 1) for v in patients.values()], dtype=np.float64))
     ceiling = cap * float(counts[(len(counts) - 1) // 2])
     return {site: float(min(max(int(n), 1), ceiling)) for site, n in patients.items()}
+
+
+def server_step(current: Mapping[str, np.ndarray], averaged: Mapping[str, np.ndarray],
+                velocity: dict[str, np.ndarray], lr: float, momentum: float) -> dict[str, np.ndarray]:
+    """The server's optimizer on one round's average (FedAvgM, Hsu et al. 2019): the pseudo-gradient
+    ``averaged - current`` feeds a heavy-ball velocity ``v <- momentum * v + delta`` (updated in place,
+    keyed like the arrays) and the new weights are ``current + lr * v``. ``lr = 1, momentum = 0`` is
+    plain FedAvg, exactly.
+
+    It runs on the output of the aggregation (and of central DP's noise), never inside it: Flower's
+    ``FedAvgM`` inside a DP wrapper would scale the clipped mean by ``lr`` before the noise is added, so
+    one site could move the release ``lr`` times further than the noise was calibrated for. Applied after
+    the release it is post-processing, which no DP guarantee forbids; keys absent from ``averaged`` (a
+    group the phase does not train) lose their velocity.
+    """
+    for key in set(velocity) - set(averaged):
+        del velocity[key]
+    out = {}
+    for key, avg in averaged.items():
+        old = current[key]
+        delta = np.asarray(avg, dtype=np.float64) - old
+        v = delta if key not in velocity else momentum * velocity[key] + delta
+        if momentum > 0:
+            velocity[key] = v
+        out[key] = (old + lr * v).astype(old.dtype)
+    return out

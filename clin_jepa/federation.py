@@ -75,6 +75,9 @@ class FederationConfig:
     aggregation: str = "fedavg"  # clin_jepa.aggregation.AGGREGATORS: fedavg or one of Flower's robust ones
     aggregation_malicious: int = 1  # hostile sites a robust aggregation must outvote
     aggregation_beta: float = 0.2  # trimmed-mean: share cut from each side
+    # the server's optimizer on each round's average (clin_jepa.aggregation.server_step): 1 / 0 = FedAvg
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
     weight_cap: float = 3.0  # a site weighs at most this x the lower median of the sites' patient counts
     dp_central: str = "off"
     dp_noise_multiplier: float = 0.0
@@ -136,6 +139,9 @@ class FederationConfig:
                               "('' = each site's training.device)")
         check_aggregation(self.aggregation, self.aggregation_malicious, self.aggregation_beta, self.min_sites,
                           self.dp_central, self.weight_cap)
+        if not (0 < self.server_lr <= 10 and 0 <= self.server_momentum < 1):
+            raise ConfigError(f"run config server-lr / server-momentum: need 0 < server-lr <= 10 and "
+                              f"0 <= server-momentum < 1, got {self.server_lr} / {self.server_momentum}")
         if self.eval_every < -1:
             raise ConfigError(f"run config eval-every: must be >= -1 (-1 = never), got {self.eval_every}")
         self.dp_sample()  # validates the sample-level DP keys

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clin_jepa.aggregation import server_step
 from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verified_loads
 from clin_jepa.data.stats import Discretization
 from clin_jepa.data.tasks import load_tasks
@@ -38,7 +39,8 @@ METRICS = "metrics.jsonl"
 SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "preset", "seed", "n_bins", "hours", "batch_size",
                  "dp_central", "dp_noise_multiplier", "dp_clipping_norm", "dp_central_delta",
                  "dp_sample_epsilon", "dp_sample_delta", "dp_sample_max_grad_norm",
-                 "dp_sample_noise_multiplier", "dp_sample_mode", "dp_sample_accountant")
+                 "dp_sample_noise_multiplier", "dp_sample_mode", "dp_sample_accountant", "server_lr",
+                 "server_momentum")
 
 
 def model_config_for(cfg: FederationConfig, disc: Discretization) -> ModelConfig:
@@ -62,6 +64,8 @@ class ServerState:
     accountants: dict[str, Any] = field(default_factory=dict)  # privacy accounting (server.privacy)
     # site -> patients it reported in the statistics round: the server's aggregation weights (server.weights)
     site_patients: dict[str, int] = field(default_factory=dict)
+    # the server optimizer's velocity per "<group>.<param>" (run config server-momentum > 0)
+    velocity: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def initial(cls, cfg: FederationConfig, disc: Discretization) -> ServerState:
@@ -85,6 +89,9 @@ class ServerState:
     def end_round(self, plan: RoundPlan, aggregated: dict[str, np.ndarray] | None) -> None:
         """Install the aggregated groups (None: the round produced no update) and move Ē by EMA."""
         if aggregated is not None:
+            if self.cfg.server_lr != 1.0 or self.cfg.server_momentum > 0:
+                aggregated = server_step(self.flat(plan.upload), aggregated, self.velocity,
+                                         self.cfg.server_lr, self.cfg.server_momentum)
             for g in plan.upload:
                 prefix = f"{g}."
                 self.groups[g] = {k[len(prefix):]: np.asarray(v, dtype=self.groups[g][k[len(prefix):]].dtype)
@@ -112,6 +119,8 @@ class ServerState:
                           metrics=metrics, extra={"federation": self.cfg.to_dict(), "run_id": self.run_id,
                                                   "accountants": self.accountants,
                                                   "site_patients": self.site_patients,
+                                                  "server_velocity": {k: torch.from_numpy(np.array(v))
+                                                                      for k, v in self.velocity.items()},
                                                   "sites": sites})
 
 
@@ -201,11 +210,24 @@ def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
         raise CheckpointError(f"{path}: checkpoint has no discretization")
     disc = Discretization.from_dict(ckpt.discretization)
     groups = {g: {k: v.numpy() for k, v in ckpt.weights[g].items()} for g in GROUPS}
+    velocity = _velocity(ckpt.extra.get("server_velocity"), groups, path)
     return ServerState(cfg, disc, ckpt.model_config, groups, round=ckpt.round,
                        run_id=str(ckpt.extra.get("run_id", secrets.token_hex(8))),
                        accountants=dict(ckpt.extra.get("accountants") or {}),
                        site_patients={str(k): int(v)
-                                      for k, v in (ckpt.extra.get("site_patients") or {}).items()})
+                                      for k, v in (ckpt.extra.get("site_patients") or {}).items()},
+                       velocity=velocity)
+
+
+def _velocity(stored: Any, groups: dict[str, dict[str, np.ndarray]], path: Path) -> dict[str, np.ndarray]:
+    """The server optimizer's velocity from a checkpoint, each entry the shape of the parameter it moves."""
+    shapes = {f"{g}.{k}": v.shape for g, s in groups.items() for k, v in s.items()}
+    stored = stored or {}
+    if not isinstance(stored, dict) or any(
+            not isinstance(v, torch.Tensor) or shapes.get(k) != tuple(v.shape) for k, v in stored.items()):
+        raise CheckpointError(f"{path}: its server optimizer velocity does not match the model's parameters; "
+                              "the checkpoint is damaged or was not written by this server")
+    return {str(k): v.numpy().astype(np.float64) for k, v in stored.items()}
 
 
 def _kebab_list(names: list[str]) -> list[str]:
