@@ -78,6 +78,7 @@ class FederationConfig:
     # the server's optimizer on each round's average (clin_jepa.aggregation.server_step): 1 / 0 = FedAvg
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    server_groups: str = "encoder"  # the groups it moves (comma-separated); the others are plain FedAvg
     weight_cap: float = 3.0  # a site weighs at most this x the lower median of the sites' patient counts
     dp_central: str = "off"
     dp_noise_multiplier: float = 0.0
@@ -142,10 +143,17 @@ class FederationConfig:
         if not (0 < self.server_lr <= 10 and 0 <= self.server_momentum < 1):
             raise ConfigError(f"run config server-lr / server-momentum: need 0 < server-lr <= 10 and "
                               f"0 <= server-momentum < 1, got {self.server_lr} / {self.server_momentum}")
+        if not self.server_groups_moved() or not set(self.server_groups_moved()) <= {"encoder", "predictor"}:
+            raise ConfigError(f"run config server-groups: a comma-separated subset of encoder, predictor "
+                              f"expected, got {self.server_groups!r}")
         if self.eval_every < -1:
             raise ConfigError(f"run config eval-every: must be >= -1 (-1 = never), got {self.eval_every}")
         self.dp_sample()  # validates the sample-level DP keys
         self.faults()  # validates the spec
+
+    def server_groups_moved(self) -> tuple[str, ...]:
+        """The parameter groups the server optimizer moves (``server-groups``)."""
+        return tuple(g.strip() for g in self.server_groups.split(",") if g.strip())
 
     def dp_sample(self) -> RunDPOverrides:
         """Sample-level DP asked for by the run config (each site combines it with its own ``privacy:``)."""

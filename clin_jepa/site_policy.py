@@ -55,7 +55,7 @@ _SAFE_KEYS = (
     "preset", "n-bins", "checkpoint-dir", "resume-from", "stop-after", "min-sites", "max-norm-ratio",
     "dp-noise-multiplier", "dp-clipping-norm", "dp-central-delta", "signing-key", "fraction-train",
     "synth-if-missing", "aggregation", "aggregation-malicious", "aggregation-beta", "weight-cap", "server-lr",
-    "server-momentum",
+    "server-momentum", "server-groups",
     "tracking-uri",
     # how often the server asks each site for an evaluation of the global model (aggregates only)
     "eval-every",

@@ -40,7 +40,7 @@ SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "preset", "seed", "n
                  "dp_central", "dp_noise_multiplier", "dp_clipping_norm", "dp_central_delta",
                  "dp_sample_epsilon", "dp_sample_delta", "dp_sample_max_grad_norm",
                  "dp_sample_noise_multiplier", "dp_sample_mode", "dp_sample_accountant", "server_lr",
-                 "server_momentum")
+                 "server_momentum", "server_groups")
 
 
 def model_config_for(cfg: FederationConfig, disc: Discretization) -> ModelConfig:
@@ -90,8 +90,10 @@ class ServerState:
         """Install the aggregated groups (None: the round produced no update) and move Ē by EMA."""
         if aggregated is not None:
             if self.cfg.server_lr != 1.0 or self.cfg.server_momentum > 0:
-                aggregated = server_step(self.flat(plan.upload), aggregated, self.velocity,
-                                         self.cfg.server_lr, self.cfg.server_momentum)
+                moved = {k: v for k, v in aggregated.items()
+                         if k.split(".", 1)[0] in self.cfg.server_groups_moved()}
+                aggregated = {**aggregated, **server_step(self.flat(plan.upload), moved, self.velocity,
+                                                          self.cfg.server_lr, self.cfg.server_momentum)}
             for g in plan.upload:
                 prefix = f"{g}."
                 self.groups[g] = {k[len(prefix):]: np.asarray(v, dtype=self.groups[g][k[len(prefix):]].dtype)

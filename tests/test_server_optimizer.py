@@ -60,13 +60,16 @@ def test_momentum_survives_a_resume_and_changes_the_outcome(tmp_path):
     cur = CurriculumConfig(fractions=(0.2,) * 5)
     fedavg = _run(_state(tmp_path / "f", curriculum=cur), range(1, 6))
     whole = _run(_state(tmp_path / "w", curriculum=cur, server_lr=1.5, server_momentum=0.5), range(1, 6))
-    moved = [float(np.max(np.abs(whole.groups[g][k] - fedavg.groups[g][k])))
-             for g in ("encoder", "predictor") for k in whole.groups[g]]
-    assert max(moved) > 1e-3  # the server optimizer really acted
+    for g in ("encoder", "predictor"):  # the default server-groups: E only; P stays plain FedAvg
+        moved = max(float(np.max(np.abs(whole.groups[g][k] - fedavg.groups[g][k]))) for k in whole.groups[g])
+        assert (moved > 1e-3) == (g == "encoder"), g
+    both = _run(_state(tmp_path / "b", curriculum=cur, server_lr=1.5, server_momentum=0.5,
+                       server_groups="encoder,predictor"), range(1, 6))
+    assert any(not np.allclose(both.groups["predictor"][k], v) for k, v in fedavg.groups["predictor"].items())
 
     split = _run(_state(tmp_path / "s", curriculum=cur, server_lr=1.5, server_momentum=0.5), range(1, 4),
                  tmp_path / "s")
-    assert split.velocity  # the predictor trains in round 3, so it has a velocity to carry over
+    assert split.velocity  # E trains in round 3 (align), so it has a velocity to carry over
     back = _run(resume_state(split.cfg, tmp_path / "s"), range(4, 6))
     for g in whole.groups:
         for k, v in whole.groups[g].items():
@@ -87,7 +90,8 @@ def test_a_velocity_that_does_not_fit_the_model_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("server-lr", 0.0), ("server-lr", math.nan), ("server-lr", 11.0),
-                                       ("server-momentum", 1.0), ("server-momentum", -0.1)])
+                                       ("server-momentum", 1.0), ("server-momentum", -0.1),
+                                       ("server-groups", ""), ("server-groups", "encoder,target_encoder")])
 def test_bad_server_optimizer_settings_are_refused(key, value):
-    with pytest.raises(ConfigError, match="server-lr / server-momentum"):
+    with pytest.raises(ConfigError, match=key):
         FederationConfig.from_run_config({key: value})
