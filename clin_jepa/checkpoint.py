@@ -206,6 +206,9 @@ def decode_checkpoint(path: str | Path, data: bytes) -> Checkpoint:
         payload.pop("format_version", None)
         # checkpoints written before ``encoder_clock`` existed fed the clock of day to E
         cfg = ModelConfig.from_dict({"encoder_clock": True, **payload.pop("model_config")})
+        # ... and kept the cosine through the finalize phase
+        if payload.get("curriculum"):
+            payload["curriculum"] = {"finalize_lr": 0.0, **payload["curriculum"]}
         weights = payload.pop("weights")
         missing = [g for g in GROUPS if g not in weights]
         if missing:

@@ -69,7 +69,9 @@ class CurriculumConfig:
     """Phase fractions (warmup, joint, align, sync, finalize; summing to 1), EMA and learning-rate schedule.
 
     ``lr`` peaks after ``lr_warmup`` (fraction of the budget) of linear warmup, then follows a cosine to
-    ``min_lr``. Ablation ``mode``s ignore ``fractions`` except ``frozen-encoder``, which pretrains ``E``
+    ``min_lr``; ``finalize_lr`` > 0 restarts that cosine in the finalize phase at ``finalize_lr x lr``
+    (``P`` alone, on the frozen ``E`` it will be rolled out from). Ablation ``mode``s ignore
+    ``fractions`` except ``frozen-encoder``, which pretrains ``E``
     with ``P`` for ``frozen_fraction`` of the budget and then trains ``P`` alone on the frozen ``E``.
     """
 
@@ -82,6 +84,7 @@ class CurriculumConfig:
     lr_warmup: float = 0.05
     weight_decay: float = 0.05
     frozen_fraction: float = 0.5
+    finalize_lr: float = 0.5
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -91,7 +94,7 @@ class CurriculumConfig:
                               f"({', '.join(PHASES)}), got {self.fractions!r}")
         if abs(sum(self.fractions) - 1.0) > 1e-6:
             raise ConfigError(f"curriculum.fractions: must sum to 1, got {sum(self.fractions):.6f}")
-        for name in ("base_momentum", "align_momentum", "lr_warmup", "frozen_fraction"):
+        for name in ("base_momentum", "align_momentum", "lr_warmup", "frozen_fraction", "finalize_lr"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"curriculum.{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.min_lr <= self.lr:
@@ -169,6 +172,12 @@ def momentum_at(step: int, total: int, cfg: CurriculumConfig | None = None) -> f
 def lr_at(step: int, total: int, cfg: CurriculumConfig | None = None) -> float:
     """Linear warmup over ``lr_warmup * total`` steps, then cosine decay from ``lr`` to ``min_lr``."""
     cfg = cfg or CurriculumConfig()
+    if cfg.finalize_lr > 0:
+        for spec, start, end in phase_bounds(total, cfg):
+            if spec.name == "finalize" and start < end and step >= start:
+                progress = min(1.0, (step - start) / (end - start))
+                peak = max(cfg.finalize_lr * cfg.lr, cfg.min_lr)
+                return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
     warm = max(1, round(cfg.lr_warmup * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm

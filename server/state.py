@@ -200,6 +200,8 @@ def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
     stored = ckpt.extra.get("federation")
     if not isinstance(stored, dict):
         raise CheckpointError(f"{path}: not a federated checkpoint (no federation config in it)")
+    # a run from before finalize-lr existed kept the cosine through the finalize phase
+    stored = {**stored, "curriculum": {"finalize_lr": 0.0, **(stored.get("curriculum") or {})}}
     old = FederationConfig.from_dict(stored).to_dict()
     new = cfg.to_dict()
     diff = [k for k in SCHEDULE_KEYS if old.get(k) != new.get(k)]

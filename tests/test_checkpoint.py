@@ -83,5 +83,18 @@ def test_checkpoint_from_before_encoder_clock_keeps_the_clock(tmp_path, monkeypa
     monkeypatch.undo()
     loaded = load_checkpoint(path)
     assert loaded.model_config.encoder_clock and not preset("tiny").encoder_clock
+    assert loaded.curriculum["finalize_lr"] == CurriculumConfig().finalize_lr  # a key it has is kept
     rebuilt = loaded.build_model()
     assert torch.equal(rebuilt.encoder.time.weight, model.encoder.time.weight)
+
+
+def test_checkpoint_from_before_finalize_lr_keeps_its_schedule(tmp_path):
+    """Runs from before ``curriculum.finalize_lr`` kept the cosine through the finalize phase, so a
+    resumed one must too, although new runs restart it."""
+    model = ClinJEPA(preset("tiny", n_concepts=5, n_treatments=2))
+    old = {k: v for k, v in CurriculumConfig().to_dict().items() if k != "finalize_lr"}
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, Checkpoint.from_model(model, curriculum=old, discretization={}, step=0, round=0,
+                                                phase="warmup"))
+    resumed = CurriculumConfig.from_dict(load_checkpoint(path).curriculum)
+    assert resumed.finalize_lr == 0.0 and CurriculumConfig().finalize_lr > 0

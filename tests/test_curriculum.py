@@ -1,5 +1,7 @@
 """Curriculum schedules are pure functions of the step; phases tile the budget; hard sync fires once."""
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,12 +84,26 @@ def test_hard_sync_fires_exactly_once_for_any_split(total, cuts, mode, sync):
 
 
 def test_lr_warmup_then_cosine():
-    cfg = CurriculumConfig(lr=1e-3, min_lr=1e-5, lr_warmup=0.1)
+    cfg = CurriculumConfig(lr=1e-3, min_lr=1e-5, lr_warmup=0.1, finalize_lr=0.0)
     lrs = [lr_at(s, 200, cfg) for s in range(200)]
     assert lrs[:20] == sorted(lrs[:20]) and lrs[19] == pytest.approx(1e-3)
     assert lrs[20:] == sorted(lrs[20:], reverse=True)
     assert lrs[-1] == pytest.approx(1e-5, rel=0.05)
     assert [lr_at(s, 200, cfg) for s in range(200)] == lrs  # pure: nothing to replay
+
+
+def test_finalize_restarts_the_cosine_for_the_predictor_alone():
+    plain = CurriculumConfig(lr=1e-3, min_lr=1e-5, finalize_lr=0.0)
+    cfg = dataclasses.replace(plain, finalize_lr=0.5)
+    start = next(s for s in range(200) if phase_at(s, 200, cfg).name == "finalize")
+    assert start == 160 and not phase_at(start, 200, cfg).trains_encoder
+    assert [lr_at(s, 200, cfg) for s in range(start)] == [lr_at(s, 200, plain) for s in range(start)]
+    tail = [lr_at(s, 200, cfg) for s in range(start, 200)]
+    assert tail[0] == pytest.approx(5e-4) and tail[0] > 4 * lr_at(start, 200, plain)
+    assert tail == sorted(tail, reverse=True) and tail[-1] < 2e-5
+    frozen = dataclasses.replace(cfg, mode="frozen-encoder")  # its P-only phase is a finalize phase too
+    f0 = next(s for s in range(200) if phase_at(s, 200, frozen).name == "finalize")
+    assert lr_at(f0, 200, frozen) == pytest.approx(5e-4)
 
 
 def test_config_validation_and_roundtrip():

@@ -48,7 +48,7 @@ SAFE_VALUES = {
     "stop-after": 2, "min-sites": 1, "max-norm-ratio": 5.0, "dp-noise-multiplier": 0.5,
     "dp-clipping-norm": 2.0, "dp-central-delta": 1e-6, "signing-key": "/elsewhere/signing.key",
     "fraction-train": 0.5, "synth-if-missing": False, "aggregation": "fedavg", "aggregation-malicious": 2,
-    "aggregation-beta": 0.3, "weight-cap": 2.0, "server-lr": 2.0, "server-momentum": 0.5,
+    "aggregation-beta": 0.3, "weight-cap": 2.0, "server-lr": 2.0, "server-momentum": 0.5, "finalize-lr": 0.2,
     "server-groups": "encoder,predictor",
     "concept-catalog": "/elsewhere/catalog.yaml", "tracking-uri": "off", "eval-every": 3,
 }
