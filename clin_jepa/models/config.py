@@ -41,7 +41,7 @@ class ModelConfig:
     mlp_ratio: int = 4
     treat_conditioning: bool = True
     residual: bool = True
-    horizons: tuple[int, ...] = (3, 6)
+    horizons: tuple[int, ...] = (3, 6, 12)
     obs_horizons: int = 6
     encoder_positions: bool = False
     level_input: bool = True
