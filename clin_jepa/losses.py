@@ -28,7 +28,7 @@ class LossConfig:
     """``rollout_steps`` = k (1 = teacher forcing only); ``collapse_floor`` is the hinge target for the
     per-sample, per-dimension std over hours of the layer-normed online latents.
 
-    ``horizon_weight`` scores P's look-ahead predictions (the model's ``horizons``, e.g. t+3 and t+6);
+    ``horizon_weight`` scores P's look-ahead predictions (the model's ``horizons``: t+3, t+6, t+12);
     ``obs_weight`` the observation head's forecast of the next hours' value bins; ``context_mask`` is the
     probability that each observed value is hidden from ``E`` (not from ``Ē``) in phases that train
     ``E``. ``jepa_to_encoder=False`` stops the latent-prediction gradient at ``E``'s output (the control
