@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clin_jepa.curriculum import STORED_DEFAULTS
 from clin_jepa.data.stats import Discretization
 from clin_jepa.errors import CheckpointError, ConfigError
 from clin_jepa.io import atomic_write_bytes
@@ -206,9 +207,8 @@ def decode_checkpoint(path: str | Path, data: bytes) -> Checkpoint:
         payload.pop("format_version", None)
         # checkpoints written before ``encoder_clock`` existed fed the clock of day to E
         cfg = ModelConfig.from_dict({"encoder_clock": True, **payload.pop("model_config")})
-        # ... and kept the cosine through the finalize phase
         if payload.get("curriculum"):
-            payload["curriculum"] = {"finalize_lr": 0.0, **payload["curriculum"]}
+            payload["curriculum"] = {**STORED_DEFAULTS, **payload["curriculum"]}
         weights = payload.pop("weights")
         missing = [g for g in GROUPS if g not in weights]
         if missing:

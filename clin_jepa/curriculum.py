@@ -64,6 +64,11 @@ class Phase:
                      if on)
 
 
+# What a stored curriculum (checkpoint, federated run config) meant by a key it lacks: runs from before
+# ``finalize_lr`` existed kept the cosine through the finalize phase.
+STORED_DEFAULTS: dict[str, Any] = {"finalize_lr": 0.0}
+
+
 @dataclass(frozen=True)
 class CurriculumConfig:
     """Phase fractions (warmup, joint, align, sync, finalize; summing to 1), EMA and learning-rate schedule.
@@ -170,14 +175,14 @@ def momentum_at(step: int, total: int, cfg: CurriculumConfig | None = None) -> f
 
 
 def lr_at(step: int, total: int, cfg: CurriculumConfig | None = None) -> float:
-    """Linear warmup over ``lr_warmup * total`` steps, then cosine decay from ``lr`` to ``min_lr``."""
+    """Linear warmup over ``lr_warmup * total`` steps, then cosine decay from ``lr`` to ``min_lr``; with
+    ``finalize_lr`` > 0 the finalize phase runs its own cosine from ``finalize_lr x lr``."""
     cfg = cfg or CurriculumConfig()
-    if cfg.finalize_lr > 0:
-        for spec, start, end in phase_bounds(total, cfg):
-            if spec.name == "finalize" and start < end and step >= start:
-                progress = min(1.0, (step - start) / (end - start))
-                peak = max(cfg.finalize_lr * cfg.lr, cfg.min_lr)
-                return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+    phase = phase_at(step, total, cfg)
+    if cfg.finalize_lr > 0 and phase.name == "finalize":
+        progress = min(1.0, (step - phase.start) / (phase.end - phase.start))
+        peak = max(cfg.finalize_lr * cfg.lr, cfg.min_lr)
+        return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
     warm = max(1, round(cfg.lr_warmup * total))
     if step < warm:
         return cfg.lr * (step + 1) / warm

@@ -22,6 +22,7 @@ import torch
 
 from clin_jepa.aggregation import server_step
 from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verified_loads
+from clin_jepa.curriculum import STORED_DEFAULTS
 from clin_jepa.data.stats import Discretization
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.errors import CheckpointError, ConfigError
@@ -90,8 +91,8 @@ class ServerState:
         """Install the aggregated groups (None: the round produced no update) and move Ē by EMA."""
         if aggregated is not None:
             if self.cfg.server_lr != 1.0 or self.cfg.server_momentum > 0:
-                moved = {k: v for k, v in aggregated.items()
-                         if k.split(".", 1)[0] in self.cfg.server_groups_moved()}
+                groups = self.cfg.server_groups_moved()
+                moved = {k: v for k, v in aggregated.items() if k.split(".", 1)[0] in groups}
                 aggregated = {**aggregated, **server_step(self.flat(plan.upload), moved, self.velocity,
                                                           self.cfg.server_lr, self.cfg.server_momentum)}
             for g in plan.upload:
@@ -200,8 +201,7 @@ def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
     stored = ckpt.extra.get("federation")
     if not isinstance(stored, dict):
         raise CheckpointError(f"{path}: not a federated checkpoint (no federation config in it)")
-    # a run from before finalize-lr existed kept the cosine through the finalize phase
-    stored = {**stored, "curriculum": {"finalize_lr": 0.0, **(stored.get("curriculum") or {})}}
+    stored = {**stored, "curriculum": {**STORED_DEFAULTS, **(stored.get("curriculum") or {})}}
     old = FederationConfig.from_dict(stored).to_dict()
     new = cfg.to_dict()
     diff = [k for k in SCHEDULE_KEYS if old.get(k) != new.get(k)]

@@ -197,3 +197,19 @@ def test_server_state_moves_target_by_phase_and_resumes(tmp_path):
     with pytest.raises(ConfigError, match="local-steps"):
         resume_state(dataclasses.replace(cfg, local_steps=3), tmp_path)
     resume_state(dataclasses.replace(cfg, min_sites=1, round_timeout=5.0), tmp_path)  # not schedule: fine
+
+
+def test_a_federated_run_from_before_finalize_lr_resumes_only_with_its_old_schedule(tmp_path, monkeypatch):
+    from server.state import resume_state, save_round
+
+    state = _state(tmp_path)
+    plain = CurriculumConfig.to_dict
+    monkeypatch.setattr(CurriculumConfig, "to_dict",
+                        lambda self: {k: v for k, v in plain(self).items() if k != "finalize_lr"})
+    save_round(state, tmp_path, 0, "warmup", {}, ["a"])  # written as a run from before the key existed
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="curriculum"):  # it kept the cosine: a restart would differ
+        resume_state(state.cfg, tmp_path)
+    kept = dataclasses.replace(state.cfg.curriculum, finalize_lr=0.0)
+    old = dataclasses.replace(state.cfg, curriculum=kept)
+    assert resume_state(old, tmp_path).round == state.round
