@@ -18,7 +18,7 @@ from clin_jepa.evaluation.geometry import (
     displacement_ratio,
     projection_2d,
 )
-from clin_jepa.evaluation.probes import bootstrap_ci, fit_linear_probes
+from clin_jepa.evaluation.probes import DEFAULT_C, PROBE_CS, bootstrap_ci, fit_linear_probes
 
 RNG = np.random.default_rng(0)
 
@@ -165,6 +165,31 @@ def test_probe_auroc_matches_sklearn_and_skips_single_class_tasks():
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[:300], y0[:300])
     assert a.auroc == pytest.approx(roc_auc_score(y0[300:], clf.predict_proba(x[300:])[:, 1]))
+
+
+def test_probe_regularization_is_chosen_on_the_tuning_split_only():
+    # one state seen through 100 noisy features and few train stays: C = 1 overfits the noise, so the
+    # tuning split must pick a smaller C, and that must score better on held_out than the fixed default
+    rng = np.random.default_rng(3)
+    n, d = 900, 100
+    state = rng.normal(size=n)
+    x = state[:, None] + 3.0 * rng.normal(size=(n, d))
+    y = (state + 0.5 * rng.normal(size=n) > 0).astype(float)[:, None]
+    tr, tu, te = slice(0, 150), slice(150, 450), slice(450, n)
+    fixed = fit_linear_probes(x[tr], y[tr], x[te], y[te], ["t"], n_boot=0).tasks[0]
+    tuned = fit_linear_probes(x[tr], y[tr], x[te], y[te], ["t"], n_boot=0, tune=(x[tu], y[tu])).tasks[0]
+    assert fixed.c == DEFAULT_C and tuned.c in PROBE_CS and tuned.c < DEFAULT_C
+    assert tuned.auroc > fixed.auroc + 0.02
+    # held_out labels never enter the choice: scrambling them leaves C unchanged
+    scrambled = y.copy()
+    scrambled[te] = rng.permutation(scrambled[te])
+    again = fit_linear_probes(x[tr], y[tr], x[te], scrambled[te], ["t"], n_boot=0, tune=(x[tu], y[tu]))
+    assert again.tasks[0].c == tuned.c
+    # a tuning split with one class for the task cannot choose: the default is used
+    one_class = fit_linear_probes(x[tr], y[tr], x[te], y[te], ["t"], n_boot=0,
+                                  tune=(x[tu], np.zeros_like(y[tu]))).tasks[0]
+    assert one_class.c == DEFAULT_C and one_class.auroc == pytest.approx(fixed.auroc)
+    assert tuned.to_dict()["c"] == tuned.c
 
 
 def _toy_stays(n=300, t=72, c=3, k=2, n_bins=4, seed=0):

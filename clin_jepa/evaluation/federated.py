@@ -54,10 +54,11 @@ def evaluates_after(rnd: int, cfg: FederationConfig) -> bool:
 def evaluate_site(model: torch.nn.Module, tensors: SiteTensors, settings: EvalSettings,
                   min_patients: int) -> dict[str, float]:
     """Measure ``model`` on one site's stays (all splits) and return what may leave the site."""
-    train, held = tensors.subset("train"), tensors.subset("held_out")
+    train, tune, held = (tensors.subset(name) for name in ("train", "tuning", "held_out"))
     if len(train) == 0 or len(held) == 0:  # nothing to fit or to score: only the (zero) weight is sent
         return {WEIGHT: float(len(held))}
-    return wire_metrics(measure(model, train, held, settings).metrics, held, settings.context, min_patients)
+    return wire_metrics(measure(model, train, held, settings, tune=tune).metrics, held, settings.context,
+                        min_patients)
 
 
 def _patients(subject_id: np.ndarray, rows: np.ndarray) -> int:

@@ -4,6 +4,12 @@ A probe is a standardized logistic regression fit on the train split and scored 
 only stays with a defined label (not NaN) take part. A task whose train or held_out labels have a single
 class is skipped with a note, since neither fitting nor AUROC is defined there.
 
+The inverse regularization strength ``C`` is chosen per task on the tuning split, as the GRU baseline
+chooses its epoch there: one fit on train per value of :data:`PROBE_CS`, the best tuning AUROC wins (ties go
+to the stronger regularization). Without a tuning split with both classes for the task, ``C`` is
+:data:`DEFAULT_C`. A fixed ``C`` under-reports every embedding, most of all wide ones and untrained ones
+(measured in docs/evaluation.md), and the choice is never made on held_out.
+
 Confidence intervals are percentile bootstrap intervals over held_out stays, seeded; resamples that
 happen to hold a single class are discarded (and counted) rather than scored.
 
@@ -20,10 +26,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
+PROBE_CS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_C = 1.0
 METRICS: dict[str, Metric] = {"auroc": roc_auc_score, "auprc": average_precision_score}
 
 
@@ -54,6 +62,7 @@ class TaskScore:
     n_train: int = 0
     n_test: int = 0
     n_test_pos: int = 0
+    c: float = float("nan")  # the probe's inverse regularization strength (nan = not fitted)
     auroc: float = float("nan")
     auroc_ci: tuple[float, float] = (float("nan"), float("nan"))
     auprc: float = float("nan")
@@ -101,6 +110,21 @@ def single_class_reason(y_train: np.ndarray, y_test: np.ndarray) -> str | None:
     return None
 
 
+def _probe(c: float) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c))
+
+
+def select_c(x_train: np.ndarray, y_train: np.ndarray, tune: tuple[np.ndarray, np.ndarray] | None
+             ) -> tuple[float, Pipeline]:
+    """(C, probe fit on train with it): the C of :data:`PROBE_CS` with the best tuning AUROC, or
+    :data:`DEFAULT_C` when ``tune`` (features, 0/1 labels) is None or holds a single class."""
+    if tune is None or len(tune[1]) == 0 or tune[1].min() == tune[1].max():
+        return DEFAULT_C, _probe(DEFAULT_C).fit(x_train, y_train)
+    fits = [(c, _probe(c).fit(x_train, y_train)) for c in PROBE_CS]
+    aucs = [roc_auc_score(tune[1], clf.predict_proba(tune[0])[:, 1]) for _, clf in fits]
+    return fits[int(np.argmax(aucs))]  # the first best: PROBE_CS ascends, so ties regularize more
+
+
 def fit_linear_probes(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -109,8 +133,11 @@ def fit_linear_probes(
     task_names: Sequence[str],
     n_boot: int = 200,
     seed: int = 0,
+    tune: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ProbeResult:
-    """One standardized LogisticRegression per task on fixed features; labels (N, n_tasks) 0/1/NaN."""
+    """One standardized LogisticRegression per task on fixed features; labels (N, n_tasks) 0/1/NaN.
+
+    ``tune`` = (features, labels) of the tuning split selects each task's ``C`` (:func:`select_c`)."""
     result = ProbeResult(scores=np.full((len(x_test), len(task_names)), np.nan))
     for j, task in enumerate(task_names):
         tr = np.isfinite(y_train[:, j])
@@ -120,11 +147,16 @@ def fit_linear_probes(
         if reason is not None:
             result.tasks.append(TaskScore(task, n_train=len(ytr), n_test=len(yte), skipped=reason))
             continue
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-        clf.fit(x_train[tr], ytr)
+        task_tune = None
+        if tune is not None:
+            tu = np.isfinite(tune[1][:, j])
+            task_tune = (tune[0][tu], tune[1][tu, j].astype(int))
+        c, clf = select_c(x_train[tr], ytr, task_tune)
         p = clf.predict_proba(x_test[te])[:, 1]
         result.scores[te, j] = p
-        result.tasks.append(score_task(task, yte, p, len(ytr), n_boot, seed + j))
+        score = score_task(task, yte, p, len(ytr), n_boot, seed + j)
+        score.c = c
+        result.tasks.append(score)
     return result
 
 

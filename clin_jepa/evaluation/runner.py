@@ -79,15 +79,15 @@ def _stay_definitions(sites: Sequence[str | Path]) -> dict[str, str]:
 
 
 def evaluate_model(m: LoadedModel, train: SiteTensors, held: SiteTensors, s: EvalSettings,
-                   hidden: np.ndarray | None = None) -> ModelResult:
+                   hidden: np.ndarray | None = None, tune: SiteTensors | None = None) -> ModelResult:
     """Drift, geometry and probes of one checkpoint; ``hidden`` = held-out rows' ground-truth cohorts."""
-    result = measure(m.model, train, held, s, hidden)
+    result = measure(m.model, train, held, s, hidden, tune)
     result.metrics = {"checkpoint": str(m.path), **m.info, **result.metrics}
     return result
 
 
 def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: EvalSettings,
-            hidden: np.ndarray | None = None) -> ModelResult:
+            hidden: np.ndarray | None = None, tune: SiteTensors | None = None) -> ModelResult:
     """Drift, geometry and probes of one model: the one implementation behind ``clin-jepa evaluate`` and
     a site's federated evaluation (:mod:`clin_jepa.evaluation.federated`)."""
     enc_held = encode(model, held, context=s.context, horizon=s.horizon,
@@ -106,9 +106,15 @@ def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: Ev
            "any_label": geometry.displacement_ratio(disp, any_label)}
     # read-outs see hours < context of the target encoder only (never the rollout: it reads true future
     # treatments)
+    # (the tuning split, when there is one, only chooses each probe's regularization)
+    tuned = None
+    if tune is not None and len(tune):
+        enc_tune = encode(model, tune, context=s.context, horizon=None, batch_size=s.batch_size,
+                          device=s.device)
+        tuned = (probe_features(enc_tune.target, s.context), tune.labels)
     probes = fit_linear_probes(probe_features(enc_train.target, s.context), train.labels,
                                probe_features(enc_held.target, s.context), held.labels,
-                               list(held.tasks), s.bootstrap, s.seed)
+                               list(held.tasks), s.bootstrap, s.seed, tuned)
     proj = geometry.projection_2d(enc_held.target, held.mask, s.context, s.seed)
     metrics = {"drift": drift_summary(curve, counts, copy_curve), "geometry": geo, "probes": probes.to_dict()}
     return ModelResult(metrics, (proj, held.mask, any_label if hidden is None else hidden), probes)
@@ -117,9 +123,10 @@ def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: Ev
 def evaluate_baselines(train: SiteTensors, tune: SiteTensors, held: SiteTensors, n_bins: int,
                        s: EvalSettings) -> dict[str, ProbeResult]:
     tasks = list(held.tasks)
-    lv = [last_value_features(t.bins, t.treat, t.time, n_bins, s.context) for t in (train, held)]
-    out = {"last_value_lr": fit_linear_probes(lv[0], train.labels, lv[1], held.labels, tasks,
-                                              s.bootstrap, s.seed)}
+    parts = (train, tune, held) if len(tune) else (train, held)
+    lv = [(last_value_features(t.bins, t.treat, t.time, n_bins, s.context), t.labels) for t in parts]
+    out = {"last_value_lr": fit_linear_probes(*lv[0], *lv[-1], tasks, s.bootstrap, s.seed,
+                                              lv[1] if len(tune) else None)}
     xs = [hourly_inputs(t.bins, t.treat, t.time, n_bins, s.context) for t in (train, tune, held)]
     named = {f"gru{SEED_SEP}{k}": k for k in s.gru_seeds} or {"gru": s.gru.seed}
     for name, gseed in named.items():
@@ -192,7 +199,7 @@ def evaluate(checkpoints: Sequence[str | Path], sites: Sequence[str | Path], out
         results: dict[str, ModelResult] = {}
         for m in models:
             bar.set_postfix_str(m.label)
-            results[m.label] = evaluate_model(m, train, held, s, held_hidden)
+            results[m.label] = evaluate_model(m, train, held, s, held_hidden, tune)
             bar.update(2)
         baselines: dict[str, ProbeResult] = {}
         if s.baselines:
