@@ -38,7 +38,7 @@ from client.privacy import (
     site_dp,
 )
 from client.site import ServerSchedule, Site, get_site, site_config_path
-from clin_jepa.curriculum import Phase
+from clin_jepa.curriculum import Phase, rollout_steps_in
 from clin_jepa.data.concepts import check_site_catalog, load_concepts, use_catalog
 from clin_jepa.data.stats import Discretization
 from clin_jepa.federation import FederationConfig, encode_reply, split_groups, unpack_arrays
@@ -91,7 +91,8 @@ def train(msg: Message, context: Context) -> Message:
     phase = Phase(str(config["phase"]), int(config["phase-index"]), "encoder" in trains,
                   "predictor" in trains, 1.0, 0, 0)
     step0, n_steps = int(config["global-step"]), int(config["local-steps"])
-    schedule = ServerSchedule(phase, tuple(float(x) for x in config["lr-steps"]), step0)
+    schedule = ServerSchedule(phase, tuple(float(x) for x in config["lr-steps"]), step0,
+                              rollout_steps_in(phase.name, fed.curriculum))
     disc = Discretization.from_dict(json.loads(str(config["discretization"])))
     model_cfg = ModelConfig.from_dict(json.loads(str(config["model-config"])))
     run_id = check_run_id(config.get("run-id"))  # names files in the site's state_dir

@@ -59,9 +59,10 @@ class ServerSchedule:
     phase: Phase
     lrs: tuple[float, ...]
     step0: int
+    rollout_steps: int = 0  # from the run config's curriculum (bounded there), 0 = the loss's
 
     def at(self, step: int) -> StepPlan:
-        return StepPlan(self.phase, self.lrs[step - self.step0], 1.0)
+        return StepPlan(self.phase, self.lrs[step - self.step0], 1.0, rollout_steps=self.rollout_steps)
 
 
 def site_config_path(node_config: dict[str, Any], cfg: FederationConfig) -> Path:

@@ -65,8 +65,10 @@ class Phase:
 
 
 # What a stored curriculum (checkpoint, federated run config) meant by a key it lacks: runs from before
-# ``finalize_lr`` existed kept the cosine through the finalize phase.
-STORED_DEFAULTS: dict[str, Any] = {"finalize_lr": 0.0}
+# ``finalize_lr`` existed kept the cosine through the finalize phase, and runs from before
+# ``finalize_rollout_steps`` the loss's rollout length.
+STORED_DEFAULTS: dict[str, Any] = {"finalize_lr": 0.0, "finalize_rollout_steps": 0}
+MAX_ROLLOUT_STEPS = 24  # each rollout step is one more predictor pass per training step
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,11 @@ class CurriculumConfig:
 
     ``lr`` peaks after ``lr_warmup`` (fraction of the budget) of linear warmup, then follows a cosine to
     ``min_lr``; ``finalize_lr`` > 0 restarts that cosine in the finalize phase at ``finalize_lr x lr``
-    (``P`` alone, on the frozen ``E`` it will be rolled out from). Ablation ``mode``s ignore
-    ``fractions`` except ``frozen-encoder``, which pretrains ``E``
-    with ``P`` for ``frozen_fraction`` of the budget and then trains ``P`` alone on the frozen ``E``.
+    (``P`` alone, on the frozen ``E`` it will be rolled out from). ``finalize_rollout_steps`` > 0 replaces
+    the loss's ``rollout_steps`` there: a longer chain of ``P``'s own predictions teaches it the drift that
+    compounds over a 48-hour rollout, and costs no encoder pass (0 keeps the loss's). Ablation ``mode``s
+    ignore ``fractions`` except ``frozen-encoder``, which pretrains ``E`` with ``P`` for ``frozen_fraction``
+    of the budget and then trains ``P`` alone on the frozen ``E``.
     """
 
     mode: str = "curriculum"
@@ -90,6 +94,7 @@ class CurriculumConfig:
     weight_decay: float = 0.05
     frozen_fraction: float = 0.5
     finalize_lr: float = 0.5
+    finalize_rollout_steps: int = 12
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -102,6 +107,9 @@ class CurriculumConfig:
         for name in ("base_momentum", "align_momentum", "lr_warmup", "frozen_fraction", "finalize_lr"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"curriculum.{name}: must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.finalize_rollout_steps <= MAX_ROLLOUT_STEPS:
+            raise ConfigError(f"curriculum.finalize_rollout_steps: must be in 0..{MAX_ROLLOUT_STEPS} "
+                              f"(0 = the loss's rollout_steps), got {self.finalize_rollout_steps}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"curriculum: need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
 
@@ -190,6 +198,11 @@ def lr_at(step: int, total: int, cfg: CurriculumConfig | None = None) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def rollout_steps_in(phase: str, cfg: CurriculumConfig) -> int:
+    """The rollout length the curriculum sets for ``phase``; 0 = the loss's ``rollout_steps``."""
+    return cfg.finalize_rollout_steps if phase == "finalize" else 0
+
+
 def boundary_actions(step_from: int, step_to: int, total: int,
                      cfg: CurriculumConfig | None = None) -> tuple[str, ...]:
     """Actions of the phases whose first step lies in ``[step_from, step_to)``, in phase order."""
@@ -200,12 +213,14 @@ def boundary_actions(step_from: int, step_to: int, total: int,
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Everything a training step needs from the schedule: phase, lr, EMA momentum, boundary actions."""
+    """Everything a training step needs from the schedule: phase, lr, EMA momentum, boundary actions, and
+    the rollout length (0 = the loss's)."""
 
     phase: Phase
     lr: float
     momentum: float
     actions: tuple[str, ...] = ()
+    rollout_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -218,7 +233,8 @@ class CurriculumSchedule:
     def at(self, step: int) -> StepPlan:
         phase = phase_at(step, self.total, self.cfg)
         return StepPlan(phase, lr_at(step, self.total, self.cfg), phase.ema_momentum,
-                        boundary_actions(step, step + 1, self.total, self.cfg))
+                        boundary_actions(step, step + 1, self.total, self.cfg),
+                        rollout_steps_in(phase.name, self.cfg))
 
 
 @dataclass(frozen=True)

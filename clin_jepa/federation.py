@@ -253,6 +253,7 @@ _RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
     "align-momentum": ("curriculum.align_momentum", float),
     "frozen-fraction": ("curriculum.frozen_fraction", float),
     "finalize-lr": ("curriculum.finalize_lr", float),
+    "finalize-rollout-steps": ("curriculum.finalize_rollout_steps", int),
 }
 RUN_CONFIG_KEYS: tuple[str, ...] = tuple(_RUN_CONFIG_KEYS)
 

@@ -46,7 +46,8 @@ class KeyRule:
 _SAFE_KEYS = (
     # acted on at the site, but only shaping the shared model or tightening the site's own privacy
     "num-rounds", "seed", "mode", "phase-fractions", "lr", "min-lr", "lr-warmup", "weight-decay",
-    "base-momentum", "align-momentum", "frozen-fraction", "finalize-lr", "round-timeout", "dp-central",
+    "base-momentum", "align-momentum", "frozen-fraction", "finalize-lr", "finalize-rollout-steps",
+    "round-timeout", "dp-central",
     "dp-sample-epsilon", "dp-sample-delta", "dp-sample-max-grad-norm", "dp-sample-noise-multiplier",
     "dp-sample-mode", "dp-sample-accountant", "site-configs",
     # the vocabulary: a site whose config names another catalog refuses at the statistics round

@@ -13,6 +13,7 @@ Each step reads as three labelled parts, as in I-JEPA / V-JEPA 2:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -95,6 +96,13 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _phase_loss(loss_cfg: LossConfig, plan: StepPlan) -> LossConfig:
+    """The loss with the rollout length the schedule sets for this step (0 = the loss's own)."""
+    if plan.rollout_steps and plan.rollout_steps != loss_cfg.rollout_steps:
+        return dataclasses.replace(loss_cfg, rollout_steps=plan.rollout_steps)
+    return loss_cfg
+
+
 def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                 schedule: Schedule, step0: int, n_steps: int, privacy: PrivacyHook | None = None, *,
                 loss_cfg: LossConfig | None = None, device: str | torch.device = "cpu", amp: bool = True,
@@ -137,7 +145,7 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
                 target = layer_normed_targets(model.target_encoder(batch).float())
             # 2. context forward (E sees the context with some observations hidden) + loss
             z = model.encoder(context)
-            per_sample, parts = jepa_loss(model.predictor, z, target, batch, loss_cfg,
+            per_sample, parts = jepa_loss(model.predictor, z, target, batch, _phase_loss(loss_cfg, plan),
                                           with_collapse=plan.phase.trains_encoder, reduction="none",
                                           **model_terms(model.cfg, batch))
         optimizer.zero_grad(set_to_none=True)

@@ -92,9 +92,11 @@ def test_checkpoint_from_before_finalize_lr_keeps_its_schedule(tmp_path):
     """Runs from before ``curriculum.finalize_lr`` kept the cosine through the finalize phase, so a
     resumed one must too, although new runs restart it."""
     model = ClinJEPA(preset("tiny", n_concepts=5, n_treatments=2))
-    old = {k: v for k, v in CurriculumConfig().to_dict().items() if k != "finalize_lr"}
+    old = {k: v for k, v in CurriculumConfig().to_dict().items()
+           if k not in ("finalize_lr", "finalize_rollout_steps")}
     path = tmp_path / "old.pt"
     save_checkpoint(path, Checkpoint.from_model(model, curriculum=old, discretization={}, step=0, round=0,
                                                 phase="warmup"))
     resumed = CurriculumConfig.from_dict(load_checkpoint(path).curriculum)
     assert resumed.finalize_lr == 0.0 and CurriculumConfig().finalize_lr > 0
+    assert resumed.finalize_rollout_steps == 0 and CurriculumConfig().finalize_rollout_steps > 0

@@ -109,6 +109,9 @@ def test_finalize_restarts_the_cosine_for_the_predictor_alone():
 def test_config_validation_and_roundtrip():
     cfg = CurriculumConfig(mode="no-ema", fractions=(0.2, 0.2, 0.2, 0.2, 0.2))
     assert CurriculumConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (-1, 25):
+        with pytest.raises(ConfigError, match="finalize_rollout_steps"):
+            CurriculumConfig(finalize_rollout_steps=bad)
     with pytest.raises(ConfigError, match="sum to 1"):
         CurriculumConfig(fractions=(0.5, 0.5, 0.5, 0.0, 0.0))
     with pytest.raises(ConfigError, match="mode"):

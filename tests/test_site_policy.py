@@ -49,6 +49,7 @@ SAFE_VALUES = {
     "dp-clipping-norm": 2.0, "dp-central-delta": 1e-6, "signing-key": "/elsewhere/signing.key",
     "fraction-train": 0.5, "synth-if-missing": False, "aggregation": "fedavg", "aggregation-malicious": 2,
     "aggregation-beta": 0.3, "weight-cap": 2.0, "server-lr": 2.0, "server-momentum": 0.5, "finalize-lr": 0.2,
+    "finalize-rollout-steps": 6,
     "server-groups": "encoder,predictor",
     "concept-catalog": "/elsewhere/catalog.yaml", "tracking-uri": "off", "eval-every": 3,
 }

@@ -156,3 +156,18 @@ def test_privacy_seam_with_wrapped_predictor_and_dp_optimizer():
                 for p, q in zip(model.predictor.parameters(), before, strict=True))
     # clipped to 0.01 per sample and averaged: each step moves at most lr * 0.01
     assert moved ** 0.5 <= 3 * 0.05 * 0.01 + 1e-6
+
+
+def test_the_finalize_phase_trains_the_longer_rollout_and_only_it():
+    model, cfg, opt = _setup()
+    cfg = CurriculumConfig.from_dict({**cfg.to_dict(), "finalize_rollout_steps": 5})
+    logs = []
+    train_steps(model, _batches(model.cfg), opt, CurriculumSchedule(cfg, 10), 0, 10, log_every=1,
+                on_log=lambda s, d: logs.append((phase_at(s, 10, cfg).name, d)))
+    # the loss's own k (2) in every phase but finalize, where each of the 5 chained steps is scored
+    assert {name for name, d in logs if "loss_step5" in d} == {"finalize"}
+    assert all("loss_step2" in d and "loss_step3" not in d for name, d in logs if name != "finalize")
+    last = [d for name, d in logs if name == "finalize"][-1]
+    assert all(last[f"loss_step{j}"] > 0 for j in range(1, 6))
+    off = CurriculumConfig.from_dict({**cfg.to_dict(), "finalize_rollout_steps": 0})
+    assert CurriculumSchedule(off, 10).at(9).rollout_steps == 0  # 0 = the loss's rollout_steps

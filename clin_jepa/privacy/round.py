@@ -54,11 +54,13 @@ def private_train_steps(model: ClinJEPA, optimizer: torch.optim.Optimizer, tenso
     ``batches`` replaces the site's Poisson sampler (tests only).
     """
     loss_cfg = loss_cfg or LossConfig()
-    calls = loss_cfg.rollout_steps + (len(model.cfg.horizons) if loss_cfg.horizon_weight > 0 else 0)
+    k = max((schedule.at(s).rollout_steps or loss_cfg.rollout_steps for s in range(step0, step0 + n_steps)),
+            default=loss_cfg.rollout_steps)
+    calls = k + (len(model.cfg.horizons) if loss_cfg.horizon_weight > 0 else 0)
     if settings.mode == "ghost" and calls > 1:
         raise ConfigError(f"DP grad-sample mode 'ghost' cannot clip a predictor called {calls} times per "
                           f"step (Opacus: parameter tying); use mode 'hooks', or rollout_steps 1 with "
-                          f"horizon_weight 0")
+                          f"horizon_weight 0 and finalize-rollout-steps 0")
     ledger.reserve(rnd, n_steps)
     batches = batches if batches is not None else poisson_batches(tensors, ledger.sample_rate)
     metrics: dict[str, float] = {}
