@@ -96,7 +96,7 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _phase_loss(loss_cfg: LossConfig, plan: StepPlan) -> LossConfig:
+def phase_loss(loss_cfg: LossConfig, plan: StepPlan) -> LossConfig:
     """The loss with the rollout length the schedule sets for this step (0 = the loss's own)."""
     if plan.rollout_steps and plan.rollout_steps != loss_cfg.rollout_steps:
         return dataclasses.replace(loss_cfg, rollout_steps=plan.rollout_steps)
@@ -145,7 +145,7 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
                 target = layer_normed_targets(model.target_encoder(batch).float())
             # 2. context forward (E sees the context with some observations hidden) + loss
             z = model.encoder(context)
-            per_sample, parts = jepa_loss(model.predictor, z, target, batch, _phase_loss(loss_cfg, plan),
+            per_sample, parts = jepa_loss(model.predictor, z, target, batch, phase_loss(loss_cfg, plan),
                                           with_collapse=plan.phase.trains_encoder, reduction="none",
                                           **model_terms(model.cfg, batch))
         optimizer.zero_grad(set_to_none=True)

@@ -105,8 +105,7 @@ def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: Ev
            "hidden": None if hidden is None else geometry.displacement_ratio(disp, hidden),
            "any_label": geometry.displacement_ratio(disp, any_label)}
     # read-outs see hours < context of the target encoder only (never the rollout: it reads true future
-    # treatments)
-    # (the tuning split, when there is one, only chooses each probe's regularization)
+    # treatments); the tuning split, when there is one, only chooses each probe's regularization
     tuned = None
     if tune is not None and len(tune):
         enc_tune = encode(model, tune, context=s.context, horizon=None, batch_size=s.batch_size,
@@ -123,10 +122,12 @@ def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: Ev
 def evaluate_baselines(train: SiteTensors, tune: SiteTensors, held: SiteTensors, n_bins: int,
                        s: EvalSettings) -> dict[str, ProbeResult]:
     tasks = list(held.tasks)
-    parts = (train, tune, held) if len(tune) else (train, held)
-    lv = [(last_value_features(t.bins, t.treat, t.time, n_bins, s.context), t.labels) for t in parts]
-    out = {"last_value_lr": fit_linear_probes(*lv[0], *lv[-1], tasks, s.bootstrap, s.seed,
-                                              lv[1] if len(tune) else None)}
+
+    def last_values(t: SiteTensors) -> tuple[np.ndarray, np.ndarray]:
+        return last_value_features(t.bins, t.treat, t.time, n_bins, s.context), t.labels
+
+    out = {"last_value_lr": fit_linear_probes(*last_values(train), *last_values(held), tasks, s.bootstrap,
+                                              s.seed, last_values(tune) if len(tune) else None)}
     xs = [hourly_inputs(t.bins, t.treat, t.time, n_bins, s.context) for t in (train, tune, held)]
     named = {f"gru{SEED_SEP}{k}": k for k in s.gru_seeds} or {"gru": s.gru.seed}
     for name, gseed in named.items():

@@ -21,7 +21,7 @@ from clin_jepa.privacy.engine import private_training
 from clin_jepa.privacy.ledger import PrivacyLedger
 from clin_jepa.privacy.planning import DPSettings
 from clin_jepa.privacy.sampling import poisson_batches
-from clin_jepa.train import Schedule, train_steps
+from clin_jepa.train import Schedule, phase_loss, train_steps
 
 # Metrics of a DP round that do not depend on the private rows beyond what the accountant assumes public
 # (N through the sampling rate). Losses and embedding monitors are computed on the rows and are not
@@ -54,7 +54,7 @@ def private_train_steps(model: ClinJEPA, optimizer: torch.optim.Optimizer, tenso
     ``batches`` replaces the site's Poisson sampler (tests only).
     """
     loss_cfg = loss_cfg or LossConfig()
-    k = max((schedule.at(s).rollout_steps or loss_cfg.rollout_steps for s in range(step0, step0 + n_steps)),
+    k = max((phase_loss(loss_cfg, schedule.at(s)).rollout_steps for s in range(step0, step0 + n_steps)),
             default=loss_cfg.rollout_steps)
     calls = k + (len(model.cfg.horizons) if loss_cfg.horizon_weight > 0 else 0)
     if settings.mode == "ghost" and calls > 1:
