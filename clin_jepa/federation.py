@@ -59,7 +59,7 @@ class FederationConfig:
     num_rounds: int = 20
     local_steps: int = 10
     curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
-    preset: str = "small"
+    preset: str = "tiny"
     seed: int = 0
     checkpoint_dir: str = "runs/federated"
     resume_from: str = ""

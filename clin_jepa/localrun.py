@@ -178,8 +178,17 @@ class LocalFlower:
                     SIMULATION_OPT_IN_ENV: "1" if allow_test_faults else "0"}
         self.superlink: subprocess.Popen | None = None
         self.seen: set[int] = set()
+        self._previous: dict[int, object] = {}  # signal handlers replaced while open (see __enter__)
 
     def __enter__(self) -> LocalFlower:
+        self._trap_termination()
+        try:
+            return self._start()
+        except BaseException:  # a signal or a failure while starting: nothing may be left behind
+            self.close()
+            raise
+
+    def _start(self) -> LocalFlower:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.superlink = subprocess.Popen(
@@ -199,7 +208,6 @@ class LocalFlower:
                         return self
             except OSError:
                 time.sleep(0.3)
-        self.close()
         raise RuntimeError("flower-superlink did not become healthy within 60 s")
 
     def run(self, app: Path, run_config: dict[str, object], num_supernodes: int, timeout: float = 240,
@@ -225,15 +233,22 @@ class LocalFlower:
         timer.start()
         lines = []
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if echo:
-                print(line, end="", flush=True)
-        proc.wait()
-        timed_out = not timer.is_alive()
-        timer.cancel()
-        done.set()
-        watcher.join()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if echo:
+                    print(line, end="", flush=True)
+            proc.wait()
+        finally:
+            # Interrupted (Ctrl-C, or SIGTERM via :meth:`__enter__`'s handler): `flwr run` is our child in a
+            # session of its own, not below the SuperLink, so close() would not reach it; and the timer
+            # thread would otherwise keep the interpreter alive until the run's timeout.
+            timed_out = not timer.is_alive()
+            timer.cancel()
+            if proc.poll() is None:
+                kill_tree({proc.pid} | descendants(proc.pid))
+            done.set()
+            watcher.join()
         if timed_out:
             lines.append(f"\n[localrun] `{shlex.join(cmd)}` timed out after {timeout} s\n")
         return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "")
@@ -247,13 +262,34 @@ class LocalFlower:
         if self.superlink is not None:
             self.seen |= descendants(self.superlink.pid)
 
-    def close(self) -> None:
-        if self.superlink is None:
+    def _trap_termination(self) -> None:
+        """SIGTERM/SIGHUP (``timeout``, a closed terminal, a job scheduler) end the interpreter without
+        unwinding ``with`` blocks, which left the SuperLink and its Ray workers running as orphans. While
+        this context is open they raise SystemExit instead, so :meth:`close` runs; the previous handlers
+        come back on close. Only the main thread may install handlers: elsewhere nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
             return
-        self._remember()
-        self.seen.add(self.superlink.pid)
-        kill_tree(self.seen | descendants(self.superlink.pid))
-        self.superlink.wait(timeout=10)
+
+        def stop(signum: int, _frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._previous[sig] = signal.signal(sig, stop)
+
+    def close(self) -> None:
+        # a second signal must not cut the cleanup short; the caller's handlers come back afterwards
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if self.superlink is not None:
+                self._remember()
+                self.seen.add(self.superlink.pid)
+                kill_tree(self.seen | descendants(self.superlink.pid))
+                self.superlink.wait(timeout=10)
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous = {}
 
     def survivors(self) -> list[int]:
         """PIDs started here that are still alive, plus anything still bound to its ports."""

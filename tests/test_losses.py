@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from clin_jepa.losses import LossConfig, collapse_penalty, jepa_loss, layer_normed_targets, rollout_losses
+from clin_jepa.losses import (
+    LossConfig,
+    collapse_penalty,
+    jepa_loss,
+    layer_normed_targets,
+    observation_loss,
+    rollout_losses,
+)
 
 
 def _batch(b, t, lengths=None):
@@ -76,3 +83,21 @@ def test_collapse_hinge():
     collapse_penalty(z, mask, floor).sum().backward()
     before = float(collapse_penalty(z.detach(), mask, floor).mean())
     assert float(collapse_penalty((z - 10.0 * z.grad).detach(), mask, floor).mean()) < before
+
+
+def test_observation_loss_is_the_mean_cross_entropy_of_the_measured_future_cells():
+    """Against a cell-by-cell reference: from hour t, horizon h scores concept c's bin at t+h when it was
+    measured there (bin > 0) and both hours lie in the stay; per sample, the mean over those cells."""
+    b, t, n_h, c, n_bins = 3, 7, 3, 4, 5
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(b, t, n_h, c, n_bins, generator=gen)
+    bins = torch.randint(0, n_bins + 1, (b, t, c), generator=gen)
+    mask = _batch(b, t, lengths=[7, 5, 1])["mask"]
+    got = observation_loss(lambda z, batch, observe: logits, torch.zeros(b, t, 2), bins, mask)
+    for i in range(b):
+        cells = [-torch.log_softmax(logits[i, s, h - 1, k], -1)[bins[i, s + h, k] - 1]
+                 for s in range(t) for h in range(1, n_h + 1) for k in range(c)
+                 if s + h < t and mask[i, s] and mask[i, s + h] and bins[i, s + h, k] > 0]
+        want = torch.stack(cells).mean() if cells else torch.tensor(0.0)
+        torch.testing.assert_close(got[i], want)
+    assert float(got[2]) == 0.0  # a one-hour stay has no future cell to score
