@@ -13,7 +13,7 @@ from clin_jepa.models.testing import random_batch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("name", ["tiny", "small"])
+@pytest.mark.parametrize("name", ["tiny", "wide", "small"])
 def test_shapes_real(name):
     cfg = preset(name, n_concepts=7, n_treatments=3)
     model = ClinJEPA(cfg)
