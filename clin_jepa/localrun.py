@@ -139,6 +139,12 @@ def alive(pid: int) -> bool:
         return False
 
 
+def on_port(port: int) -> list[int]:
+    """PIDs of processes whose command line names ``127.0.0.1:port`` (a SuperLink started on it)."""
+    found = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
 def kill_tree(pids: set[int], grace: float = 10.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
@@ -293,9 +299,7 @@ class LocalFlower:
 
     def survivors(self) -> list[int]:
         """PIDs started here that are still alive, plus anything still bound to its ports."""
-        left = [p for p in self.seen if alive(p)]
-        found = subprocess.run(["pgrep", "-f", f"127.0.0.1:{self.port}"], capture_output=True, text=True)
-        return left + [int(p) for p in found.stdout.split()]
+        return [p for p in self.seen if alive(p)] + on_port(self.port)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

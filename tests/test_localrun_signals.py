@@ -16,6 +16,8 @@ import pytest
 from flwr_utils import REPO, alive, descendants, kill_tree
 from test_flower_sim import make_sites
 
+from clin_jepa.localrun import on_port
+
 pytestmark = pytest.mark.slow
 
 SCRIPT = """
@@ -60,8 +62,7 @@ def test_a_signalled_simulation_leaves_no_process_behind(tmp_path, sig):
     finally:
         kill_tree({proc.pid} | seen | descendants(proc.pid), grace=5)  # never leave them, even on failure
     port = next(line.split()[1] for line in lines if line.startswith("PORT"))
-    pgrep = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True, text=True)
-    bound = pgrep.stdout.split()
+    bound = on_port(int(port))
     assert left == [] and bound == [], f"survivors: {left} {bound}"
     assert code == 128 + sig and "RUN ENDED" not in "".join(lines), "".join(lines)[-4000:]
 
