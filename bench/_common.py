@@ -339,23 +339,30 @@ def run_federated(ckdir: Path, configs: list[Path], steps: int, local_steps: int
 
 
 def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], args: list,
-                    main_args: list, logs: Path) -> dict:
-    """One `clin-jepa evaluate` per discretization (sites tokenized once per group); ``main_args`` go to
-    the group of the first checkpoint only (baselines, ground truth), the others get ``--no-baselines``.
-    Returns the merged ``models``/``baselines`` of all reports plus the main report's ``data``."""
+                    main_args: list, logs: Path, parallel: int = 1) -> dict:
+    """One `clin-jepa evaluate` per discretization (sites tokenized once per group, ``parallel`` groups at
+    once); ``main_args`` go to the group of the first checkpoint only (baselines, ground truth), the
+    others get ``--no-baselines``. Returns the merged ``models``/``baselines`` of all reports plus the
+    main report's ``data``."""
     from clin_jepa.checkpoint import load_checkpoint
 
     groups: dict[str, list[str]] = {}
     for label, ck in ckpts.items():
         groups.setdefault(load_checkpoint(ck).load_discretization().fingerprint(), []).append(label)
-    merged: dict = {"models": {}, "baselines": {}, "reports": []}
-    for i, labels in enumerate(groups.values()):
+
+    def one(group: tuple[int, list[str]]) -> tuple[Path, dict]:
+        i, labels = group
         out = reports / ("main" if i == 0 else labels[0].replace("@", "_"))
         cmd = [*CLI, "evaluate", *(ckpts[lb] for lb in labels), "--sites", *configs, "--out", out,
                "--labels", *(f"{lb}={ckpts[lb]}" for lb in labels), "--quiet", *args,
                *(main_args if i == 0 else ["--no-baselines"])]
         sh(cmd, log=logs / f"evaluate-{i}.log")
-        metrics = json.loads((out / "metrics.json").read_text())
+        return out, json.loads((out / "metrics.json").read_text())
+
+    merged: dict = {"models": {}, "baselines": {}, "reports": []}
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        done = list(pool.map(one, enumerate(groups.values())))
+    for out, metrics in done:
         merged["models"].update(metrics["models"])
         merged["baselines"].update(metrics["baselines"])
         merged["reports"].append(str(out))
@@ -370,7 +377,8 @@ def evaluate_benchmark(args: argparse.Namespace, configs: list[Path], ckpts: dic
     return evaluate_groups(args.out / "reports", configs, {first: ckpts[first], **ckpts},
                            ["--bootstrap", args.bootstrap, "--seed", args.seeds[0], "--device", args.device,
                             "--ground-truth"],
-                           ["--gru-epochs", args.gru_epochs, "--gru-seeds", *args.seeds], args.out / "logs")
+                           ["--gru-epochs", args.gru_epochs, "--gru-seeds", *args.seeds], args.out / "logs",
+                           args.jobs)
 
 
 def write_outputs(out: Path, name: str, data: dict, md: str) -> None:

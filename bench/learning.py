@@ -14,9 +14,12 @@
    first ``--local-seeds`` seeds. At most ``--jobs`` runs at once, one torch thread each.
    ``--train-args`` go to every centralized run (to judge a variant as the whole benchmark).
 3. ``federated@S`` under ``flwr run`` on a private SuperLink, rounds × local steps × sites = steps
-   (``--run-config`` adds run-config keys; train flags do not reach it).
-4. ``clin-jepa evaluate`` once per discretization (sites tokenized once per group): the pooled group with
-   the hidden ground truth and the baselines (last-value LR; GRU per seed = its init seed).
+   (``--run-config`` adds run-config keys; train flags do not reach it). The federated runs go one after
+   another *beside* step 2: a simulation keeps about 1.5 cores busy, so run after the centralized
+   runs it left the machine partly idle for a quarter of the benchmark.
+4. ``clin-jepa evaluate`` once per discretization (sites tokenized once per group, ``--jobs`` groups at
+   once): the pooled group with the hidden ground truth and the baselines (last-value LR; GRU per seed =
+   its init seed).
 5. Prints one table (mean ± sd across seeds) and PASS/FAIL per criterion; writes OUT/learning.json
    (schema in docs/evaluation.md) and OUT/learning.md. Finished runs are reused when rerun
    (a checkpoint that reached its step count, or its rounds).
@@ -29,6 +32,7 @@ import os
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -121,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"learning benchmark: {load_average()}", flush=True)
     configs = synth_sites(args.out / "data", args.sites, args.patients, args.data_seed)
     logs = args.out / "logs"
-    ckpts = train_all(plan(args, configs), args.preset, args.batch_size, args.device, logs, args.jobs)
-    if "federated" in args.models:
-        ckpts.update(federated(args, configs))
+    with ThreadPoolExecutor(max_workers=1) as side:
+        fed = side.submit(federated, args, configs) if "federated" in args.models else None
+        ckpts = train_all(plan(args, configs), args.preset, args.batch_size, args.device, logs, args.jobs)
+        if fed is not None:
+            ckpts.update(fed.result())
     first = next((k for k in ckpts if not k.startswith("local-")), next(iter(ckpts)))
     merged = evaluate_benchmark(args, configs, ckpts, first)  # the pooled discretization gets the baselines
     runs = runs_of(merged["models"])
