@@ -205,7 +205,7 @@ def run_arguments(p: argparse.ArgumentParser, out: str, patients: int, steps: in
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="init seeds (and GRU seeds)")
     p.add_argument("--steps", type=int, default=steps, help="optimizer steps of every run")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="wide")
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one torch thread each)")
     p.add_argument("--bootstrap", type=int, default=200)
@@ -338,30 +338,47 @@ def run_federated(ckdir: Path, configs: list[Path], steps: int, local_steps: int
     return ckdir / "ckpt.pt"
 
 
+def _seed_of(label: str) -> str:
+    return label.rsplit("@", 1)[-1]
+
+
 def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], args: list,
-                    main_args: list, logs: Path, parallel: int = 1) -> dict:
-    """One `clin-jepa evaluate` per discretization (sites tokenized once per group, ``parallel`` groups at
-    once); ``main_args`` go to the group of the first checkpoint only (baselines, ground truth), the
-    others get ``--no-baselines``. Returns the merged ``models``/``baselines`` of all reports plus the
-    main report's ``data``."""
+                    main_args: list, logs: Path, parallel: int = 1,
+                    gru: tuple[int, list[int]] | None = None) -> dict:
+    """One `clin-jepa evaluate` per discretization (sites tokenized once per group), ``parallel`` at once;
+    ``main_args`` go to the group of the first checkpoint only (baselines, ground truth), the others get
+    ``--no-baselines``. ``gru`` = (epochs, seeds) splits that first group by seed into ``parallel``
+    evaluations, each with the GRUs of its seeds: a trained run and its untrained control share a seed,
+    so every paired comparison stays inside one evaluation. Returns the merged ``models``/``baselines``
+    of all reports plus the main report's ``data``."""
     from clin_jepa.checkpoint import load_checkpoint
 
     groups: dict[str, list[str]] = {}
     for label, ck in ckpts.items():
         groups.setdefault(load_checkpoint(ck).load_discretization().fingerprint(), []).append(label)
+    main, *others = groups.values()
+    jobs = [("main", main, main_args)]
+    if gru is not None:
+        epochs, seeds = gru
+        n = max(1, min(parallel, len(seeds)))
+        parts = [[str(s) for s in seeds[i::n]] for i in range(n)]
+        part = {seed: i for i, p in enumerate(parts) for seed in p}  # a label of no listed seed: the first
+        jobs = [(f"main{'' if i == 0 else f'-{i}'}", [lb for lb in main if part.get(_seed_of(lb), 0) == i],
+                 [*main_args, "--gru-epochs", epochs, "--gru-seeds", *p]) for i, p in enumerate(parts)]
+        jobs = [j for j in jobs if j[1]]
+    jobs += [(labels[0].replace("@", "_"), labels, ["--no-baselines"]) for labels in others]
 
-    def one(group: tuple[int, list[str]]) -> tuple[Path, dict]:
-        i, labels = group
-        out = reports / ("main" if i == 0 else labels[0].replace("@", "_"))
+    def one(i: int) -> tuple[Path, dict]:
+        name, labels, extra = jobs[i]
+        out = reports / name
         cmd = [*CLI, "evaluate", *(ckpts[lb] for lb in labels), "--sites", *configs, "--out", out,
-               "--labels", *(f"{lb}={ckpts[lb]}" for lb in labels), "--quiet", *args,
-               *(main_args if i == 0 else ["--no-baselines"])]
+               "--labels", *(f"{lb}={ckpts[lb]}" for lb in labels), "--quiet", *args, *extra]
         sh(cmd, log=logs / f"evaluate-{i}.log")
         return out, json.loads((out / "metrics.json").read_text())
 
     merged: dict = {"models": {}, "baselines": {}, "reports": []}
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        done = list(pool.map(one, enumerate(groups.values())))
+        done = list(pool.map(one, range(len(jobs))))
     for out, metrics in done:
         merged["models"].update(metrics["models"])
         merged["baselines"].update(metrics["baselines"])
@@ -373,12 +390,11 @@ def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], 
 def evaluate_benchmark(args: argparse.Namespace, configs: list[Path], ckpts: dict[str, Path],
                        first: str) -> dict:
     """`evaluate_groups` with a benchmark's options: ground truth for every group, the baselines (one GRU
-    per seed) with the group of ``first``."""
+    per seed) with the group of ``first``, split by seed over ``--jobs`` evaluations."""
     return evaluate_groups(args.out / "reports", configs, {first: ckpts[first], **ckpts},
                            ["--bootstrap", args.bootstrap, "--seed", args.seeds[0], "--device", args.device,
-                            "--ground-truth"],
-                           ["--gru-epochs", args.gru_epochs, "--gru-seeds", *args.seeds], args.out / "logs",
-                           args.jobs)
+                            "--ground-truth"], [], args.out / "logs", args.jobs,
+                           gru=(args.gru_epochs, list(args.seeds)))
 
 
 def write_outputs(out: Path, name: str, data: dict, md: str) -> None:

@@ -2,10 +2,10 @@
 rounds (``eval-every = 0``: after each phase and the last round) ÷ the same run without them
 (``eval-every = -1``).
 
-    python bench/eval_overhead.py [--rounds 10] [--local-steps 10] [--preset tiny] [--patients 600]
+    python bench/eval_overhead.py [--rounds 10] [--local-steps 10] [--preset wide] [--patients 600]
                                   [--work DIR]
 
-The demo's settings (pyproject's run config: 3 synthetic hospitals of 600 patients, preset ``tiny``,
+The demo's settings (pyproject's run config: 3 synthetic hospitals of 600 patients, preset ``wide``,
 10 local steps) except the number of rounds: the evaluation rounds are one per phase whatever the round
 count, so fewer rounds than the demo's 20 make the ratio an upper bound of the demo's. Both runs start
 from the same prepared-tensor caches (filled by a first run) and are timed from `flwr run` to its exit.
@@ -27,7 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-steps", type=int, default=10)
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="wide")
     p.add_argument("--patients", type=int, default=600)
     p.add_argument("--work", type=Path, default=None)
     args = p.parse_args()

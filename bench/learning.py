@@ -1,7 +1,7 @@
 """The learning benchmark: does the backbone learn? (DESIGN §8; judge of every model change, issue 12).
 
     nice -n 10 .venv/bin/python bench/learning.py --out runs/learning
-        [--sites 3] [--patients 1000] [--seeds 0 1 2] [--steps 600] [--preset tiny] [--batch-size 32]
+        [--sites 3] [--patients 1000] [--seeds 0 1 2] [--steps 720] [--preset wide] [--batch-size 32]
         [--models curriculum naive federated untrained local] [--no-federated] [--no-local]
         [--local-seeds 1] [--federated-seeds 0] [--train-args "--set loss.obs_weight=0"]
         [--variant NAME="ARGS" ...] [--run-config "key=value ..."] [--jobs 2]
@@ -14,9 +14,10 @@
    first ``--local-seeds`` seeds. At most ``--jobs`` runs at once, one torch thread each.
    ``--train-args`` go to every centralized run (to judge a variant as the whole benchmark).
 3. ``federated@S`` under ``flwr run`` on a private SuperLink, rounds × local steps × sites = steps
-   (``--run-config`` adds run-config keys; train flags do not reach it). The federated runs go one after
-   another *beside* step 2: a simulation keeps about 1.5 cores busy, so run after the centralized
-   runs it left the machine partly idle for a quarter of the benchmark.
+   (``--run-config`` adds run-config keys; train flags do not reach it), after step 2. Run beside the
+   centralized runs they over-subscribed the two cores (a `wide` curriculum run took 992 s at load 4
+   against 358 s alone) for no clear gain, and a SIGTERM then orphaned the simulation (signal handlers
+   belong to the main thread).
 4. ``clin-jepa evaluate`` once per discretization (sites tokenized once per group, ``--jobs`` groups at
    once): the pooled group with the hidden ground truth and the baselines (last-value LR; GRU per seed =
    its init seed).
@@ -32,7 +33,6 @@ import os
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,7 +55,7 @@ MODELS = ("curriculum", "naive", "federated", "untrained", "local")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    run_arguments(p, out="runs/learning", patients=1000, steps=600)
+    run_arguments(p, out="runs/learning", patients=1000, steps=720)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--no-federated", action="store_true")
     p.add_argument("--local-seeds", type=int, default=1,
@@ -125,11 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"learning benchmark: {load_average()}", flush=True)
     configs = synth_sites(args.out / "data", args.sites, args.patients, args.data_seed)
     logs = args.out / "logs"
-    with ThreadPoolExecutor(max_workers=1) as side:
-        fed = side.submit(federated, args, configs) if "federated" in args.models else None
-        ckpts = train_all(plan(args, configs), args.preset, args.batch_size, args.device, logs, args.jobs)
-        if fed is not None:
-            ckpts.update(fed.result())
+    ckpts = train_all(plan(args, configs), args.preset, args.batch_size, args.device, logs, args.jobs)
+    if "federated" in args.models:
+        ckpts.update(federated(args, configs))
     first = next((k for k in ckpts if not k.startswith("local-")), next(iter(ckpts)))
     merged = evaluate_benchmark(args, configs, ckpts, first)  # the pooled discretization gets the baselines
     runs = runs_of(merged["models"])

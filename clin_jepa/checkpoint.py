@@ -205,8 +205,10 @@ def decode_checkpoint(path: str | Path, data: bytes) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint payload cannot be decoded: {exc}") from None
     try:
         payload.pop("format_version", None)
-        # checkpoints written before ``encoder_clock`` existed fed the clock of day to E
-        cfg = ModelConfig.from_dict({"encoder_clock": True, **payload.pop("model_config")})
+        # checkpoints written before ``encoder_clock`` (``horizon_heads``) existed fed the clock of day to E
+        # (asked for each look-ahead horizon with an embedding)
+        cfg = ModelConfig.from_dict({"encoder_clock": True, "horizon_heads": False,
+                                     **payload.pop("model_config")})
         if payload.get("curriculum"):
             payload["curriculum"] = {**STORED_DEFAULTS, **payload["curriculum"]}
         weights = payload.pop("weights")

@@ -56,10 +56,10 @@ class FederationConfig:
     simulation's partition table (partition ``i`` plays ``site_configs[i]``).
     """
 
-    num_rounds: int = 20
+    num_rounds: int = 24
     local_steps: int = 10
     curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
-    preset: str = "tiny"
+    preset: str = "wide"
     seed: int = 0
     checkpoint_dir: str = "runs/federated"
     resume_from: str = ""

@@ -46,7 +46,8 @@ def analytic_step_flops(cfg: ModelConfig, batch: int, hours: int, trains_encoder
     """Closed-form FLOPs of one training step (see the module docstring for which passes count).
 
     ``P`` runs ``rollout_steps`` passes plus one per look-ahead horizon (``look_ahead``: the loss's
-    ``horizon_weight`` > 0); its observation head reads ``z`` once.
+    ``horizon_weight`` > 0; with ``horizon_heads`` their output layer instead); its observation head
+    reads ``z`` once.
 
     ``attention=False`` leaves out the attention term: FlopCounterMode counts CPU attention as zero
     (torch 2.13 registers no formula for the CPU flash kernel), so that is the figure to compare it with
@@ -59,13 +60,16 @@ def analytic_step_flops(cfg: ModelConfig, batch: int, hours: int, trains_encoder
     enc = 2 * matmul_params(model.encoder) * tokens + scale * _attention_flops(
         batch, hours, cfg.d_enc, cfg.enc_layers)
     head = matmul_params(model.predictor.obs_head) if model.predictor.obs_head is not None else 0
-    pred = 2 * (matmul_params(model.predictor) - head) * tokens + scale * _attention_flops(
+    ahead = matmul_params(model.predictor.ahead) if model.predictor.ahead is not None else 0
+    pred = 2 * (matmul_params(model.predictor) - head - ahead) * tokens + scale * _attention_flops(
         batch, hours, cfg.d_pred, cfg.pred_layers)
-    passes = rollout_steps + (len(cfg.horizons) if look_ahead else 0)
+    # horizon heads read the look-aheads off the next-hour pass: one more output layer, not more passes
+    passes = rollout_steps + (len(cfg.horizons) if look_ahead and not ahead else 0)
+    ahead_cost = 3 * 2 * ahead * tokens if look_ahead else 0
     context = 3 * enc if trains_encoder else enc
     # the head's input gradient is only needed when it flows on into a trained E
     head_cost = (3 if trains_encoder else 2) * 2 * head * tokens
-    return enc + context + 3 * passes * pred + head_cost
+    return enc + context + 3 * passes * pred + head_cost + ahead_cost
 
 
 def measured_step_flops(model: ClinJEPA, batch: dict[str, torch.Tensor], phase: Phase,

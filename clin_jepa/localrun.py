@@ -21,7 +21,9 @@ What a short run spends outside training is kept small here (bench/fl_overhead.p
 * Flower starts Ray with a job runtime env that only repeats ``PYTHONPATH``, which Ray's workers inherit
   anyway; a non-empty runtime env makes Ray discard the workers it prestarted and start new ones through
   its ``setup_worker`` (one more interpreter start per worker before the first message).
-  :func:`ray_runtime_env_hook` (``RAY_RUNTIME_ENV_HOOK``) drops exactly that redundant runtime env.
+  :func:`ray_runtime_env_hook` (``RAY_RUNTIME_ENV_HOOK``) drops exactly that redundant runtime env;
+* Ray schedules one simulated site per core, so 3 hospitals on 2 cores trained in two waves (2, then 1
+  beside an idle core). :func:`one_wave_cpus` lets every site of a small federation train at once.
 """
 
 from __future__ import annotations
@@ -99,6 +101,15 @@ def ray_runtime_env_hook(runtime_env: dict | None) -> dict | None:
     if all(os.environ.get(k) == v for k, v in env_vars.items()):
         return {}
     return runtime_env
+
+
+def one_wave_cpus(num_supernodes: int, cpus_per_node: int = 1) -> int | None:
+    """Ray's logical CPU count for a simulation whose sites need a little more than the cores: all of
+    them at once (one round of 3 sites on 2 cores: 9.0 s instead of 10.5 s for the `wide` model, 25.6
+    -> 22.1 s with the 12-step rollout), up to 1.5x the cores; None (Ray's own count) otherwise."""
+    cores = len(os.sched_getaffinity(0))
+    need = num_supernodes * cpus_per_node
+    return need if cores < need <= 1.5 * cores else None
 
 
 def free_port() -> int:
@@ -226,6 +237,9 @@ class LocalFlower:
         app = stage_app(Path(app), self.home / "app")
         sim = {"num-supernodes": num_supernodes, "client-resources-num-cpus": cpus_per_node,
                **(federation or {})}
+        wave = one_wave_cpus(num_supernodes, cpus_per_node)
+        if wave is not None:
+            sim.setdefault("init-args-num-cpus", wave)
         cmd = [str(BIN / "flwr"), "run", str(app), "--stream",
                "--federation-config", " ".join(f"{k}={_toml(v)}" for k, v in sim.items())]
         if overrides:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from clin_jepa.errors import ConfigError
+from clin_jepa.models.predictor import ALL_HORIZONS
 
 Predictor = Callable[..., torch.Tensor]
 
@@ -76,7 +77,8 @@ def _masked_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
 
 
 def rollout_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
-                   batch: dict[str, torch.Tensor], k: int) -> list[torch.Tensor]:
+                   batch: dict[str, torch.Tensor], k: int, first: torch.Tensor | None = None,
+                   ) -> list[torch.Tensor]:
     """Per-sample L1 for rollout steps 1..k; each entry is (B,).
 
     Step 1 is teacher forcing: row t of ``P(z)`` predicts ``target[t+1]``. Step j > 1 feeds ``P`` the
@@ -84,14 +86,14 @@ def rollout_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
     hours keep the true latents), and scores row t against ``target[t+1]`` for t >= j-1 only: every
     scored prediction is exactly j steps away from the last true latent it could see. All t are
     computed in parallel, so k steps cost k predictor passes. Hours count when both t and t+1 are
-    inside the stay (``mask``).
+    inside the stay (``mask``). ``first`` is ``P(z)`` when the caller already has it (horizon heads).
     """
     mask = batch["mask"]
     pair = (mask[:, :-1] & mask[:, 1:]).to(torch.float32)
     nxt = target[:, 1:]
     seq, losses = z, []
     for j in range(1, k + 1):
-        pred = predictor(seq, batch)
+        pred = first if j == 1 and first is not None else predictor(seq, batch)
         weight = pair.clone()
         weight[:, : j - 1] = 0.0
         losses.append(_masked_l1(pred[:, :-1], nxt, weight))
@@ -102,15 +104,17 @@ def rollout_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
 
 
 def horizon_losses(predictor: Predictor, z: torch.Tensor, target: torch.Tensor,
-                   batch: dict[str, torch.Tensor], horizons: tuple[int, ...]) -> list[torch.Tensor]:
-    """Per-sample L1 of P's look-ahead predictions: row t (horizon embedding i+1) vs ``target[t + h_i]``,
-    scored where both hours lie in the stay; each entry is (B,)."""
+                   batch: dict[str, torch.Tensor], horizons: tuple[int, ...],
+                   preds: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Per-sample L1 of P's look-ahead predictions: row t (horizon i+1) vs ``target[t + h_i]``, scored
+    where both hours lie in the stay; each entry is (B,). ``preds`` (B, T, len(horizons), d) are those
+    predictions when one pass already made them (horizon heads); otherwise one pass per horizon."""
     mask = batch["mask"]
     out = []
     for i, h in enumerate(horizons):
         if h >= z.shape[1]:
             continue
-        pred = predictor(z, batch, horizon=i + 1)
+        pred = preds[:, :, i] if preds is not None else predictor(z, batch, horizon=i + 1)
         weight = (mask[:, :-h] & mask[:, h:]).to(torch.float32)
         out.append(_masked_l1(pred[:, :-h], target[:, h:], weight))
     return out
@@ -147,34 +151,40 @@ def collapse_penalty(z: torch.Tensor, mask: torch.Tensor, floor: float) -> torch
 
 def model_terms(model_cfg: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The keyword arguments of :func:`jepa_loss` that a model's config switches on (its look-ahead
-    horizons, and the full value bins when it has an observation head)."""
-    return {"horizons": tuple(model_cfg.horizons),
+    horizons and whether one pass gives them all, and the full value bins when it has an observation
+    head)."""
+    return {"horizons": tuple(model_cfg.horizons), "horizon_heads": bool(model_cfg.horizon_heads),
             "obs_bins": batch["bins"] if model_cfg.obs_horizons else None}
 
 
 def jepa_loss(predictor: Predictor, z: torch.Tensor, target: torch.Tensor, batch: dict[str, torch.Tensor],
               cfg: LossConfig, with_collapse: bool = True, reduction: str = "mean", *,
-              horizons: tuple[int, ...] = (), obs_bins: torch.Tensor | None = None,
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              horizons: tuple[int, ...] = (), horizon_heads: bool = False,
+              obs_bins: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts (detached batch means, kept on device so logging does not sync).
 
     ``target`` must already be layer-normed and detached. ``with_collapse`` adds the anti-collapse term
     (only useful when ``z`` carries gradients to the encoder). ``horizons`` (the model's) adds the
-    look-ahead terms; ``obs_bins`` (the full, unhidden value bins) adds the observation forecast.
+    look-ahead terms (``horizon_heads``: all of them from the next-hour pass, ``horizon=ALL_HORIZONS``);
+    ``obs_bins`` (the full, unhidden value bins) adds the observation forecast.
     ``reduction="none"`` returns (B,).
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     z_jepa = z if cfg.jepa_to_encoder else z.detach()
-    steps = rollout_losses(predictor, z_jepa, target, batch, cfg.rollout_steps)
+    ahead = horizons and cfg.horizon_weight > 0
+    shared = predictor(z_jepa, batch, horizon=ALL_HORIZONS) if ahead and horizon_heads else None
+    steps = rollout_losses(predictor, z_jepa, target, batch, cfg.rollout_steps,
+                           None if shared is None else shared[:, :, 0])
     total = steps[0]
     if len(steps) > 1:
         total = total + cfg.rollout_weight * torch.stack(steps[1:]).mean(dim=0)
     parts: dict[str, torch.Tensor] = {}
-    if horizons and cfg.horizon_weight > 0:
-        ahead = horizon_losses(predictor, z_jepa, target, batch, horizons)
-        if ahead:
-            ahead_mean = torch.stack(ahead).mean(dim=0)
+    if ahead:
+        ahead_terms = horizon_losses(predictor, z_jepa, target, batch, horizons,
+                                     None if shared is None else shared[:, :, 1:])
+        if ahead_terms:
+            ahead_mean = torch.stack(ahead_terms).mean(dim=0)
             total = total + cfg.horizon_weight * ahead_mean
             parts["loss_ahead"] = ahead_mean.detach().mean()
     if obs_bins is not None and cfg.obs_weight > 0:

@@ -70,22 +70,24 @@ def test_truncated_missing_and_foreign_files(tmp_path):
         load_checkpoint(foreign)
 
 
-def test_checkpoint_from_before_encoder_clock_keeps_the_clock(tmp_path, monkeypatch):
-    """A checkpoint written before ``model.encoder_clock`` existed (no such key) had the clock in E: it
-    loads as such, weights and all, although new models leave the clock out."""
-    model = ClinJEPA(preset("tiny", n_concepts=5, n_treatments=2, encoder_clock=True))
+@pytest.mark.parametrize("key,stored", [("encoder_clock", True), ("horizon_heads", False)])
+def test_checkpoint_from_before_a_model_switch_keeps_what_it_had(tmp_path, monkeypatch, key, stored):
+    """A checkpoint written before ``model.encoder_clock`` (``model.horizon_heads``) existed had the clock
+    in E (a horizon embedding): it loads as such, weights and all, although new models differ."""
+    model = ClinJEPA(preset("tiny", n_concepts=5, n_treatments=2, **{key: stored}))
     plain = ModelConfig.to_dict
     monkeypatch.setattr(ModelConfig, "to_dict",
-                        lambda self: {k: v for k, v in plain(self).items() if k != "encoder_clock"})
+                        lambda self: {k: v for k, v in plain(self).items() if k != key})
     path = tmp_path / "old.pt"
     save_checkpoint(path, Checkpoint.from_model(model, curriculum=CurriculumConfig().to_dict(),
                                                 discretization={}, step=0, round=0, phase="warmup"))
     monkeypatch.undo()
     loaded = load_checkpoint(path)
-    assert loaded.model_config.encoder_clock and not preset("tiny").encoder_clock
+    assert getattr(loaded.model_config, key) == stored != getattr(preset("tiny"), key)
     assert loaded.curriculum["finalize_lr"] == CurriculumConfig().finalize_lr  # a key it has is kept
     rebuilt = loaded.build_model()
-    assert torch.equal(rebuilt.encoder.time.weight, model.encoder.time.weight)
+    for (name, mine), theirs in zip(rebuilt.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs), name
 
 
 def test_checkpoint_from_before_finalize_lr_keeps_its_schedule(tmp_path):

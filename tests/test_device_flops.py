@@ -40,12 +40,12 @@ def test_autocast_is_a_no_op_on_cpu():
     assert y.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name,step", [("tiny", 0), ("tiny", 20)])
-def test_flop_counter_agrees_with_the_closed_form(name, step):
+@pytest.mark.parametrize("name,step,heads", [("tiny", 0, False), ("tiny", 20, False), ("tiny", 20, True)])
+def test_flop_counter_agrees_with_the_closed_form(name, step, heads):
     """FlopCounterMode on a real step = the closed form without attention (CPU attention is not counted)
     up to the input-gradient matmuls a frozen input skips (< 2 %)."""
     torch.manual_seed(0)
-    cfg = preset(name)
+    cfg = preset(name, horizon_heads=heads)
     model = ClinJEPA(cfg)
     phase = phase_at(step, 100, CurriculumConfig())
     batch = random_batch(cfg, 4, 24, seed=1)
@@ -57,7 +57,7 @@ def test_flop_counter_agrees_with_the_closed_form(name, step):
     assert analytic_step_flops(cfg, 4, 24, True) > analytic_step_flops(cfg, 4, 24, False)
     with_attn = analytic_step_flops(cfg, 4, 24, phase.trains_encoder)
     n_enc = 2 if not phase.trains_encoder else 4
-    pred_passes = 2 + len(cfg.horizons)  # rollout steps + one per look-ahead horizon
+    pred_passes = 2 + (0 if heads else len(cfg.horizons))  # rollout steps + one per look-ahead horizon
     assert with_attn - closed == 4 * 4 * 24 * 24 * (n_enc * cfg.enc_layers * cfg.d_enc
                                                     + 3 * pred_passes * cfg.pred_layers * cfg.d_pred)
 

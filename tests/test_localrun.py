@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from clin_jepa.localrun import ray_runtime_env_hook, stage_app
+from clin_jepa.localrun import one_wave_cpus, ray_runtime_env_hook, stage_app
 
 PYPROJECT = """[build-system]
 requires = ["setuptools>=68"]
@@ -70,3 +70,12 @@ def test_ray_hook_drops_only_a_runtime_env_the_workers_inherit(monkeypatch):
             {"env_vars": {"PYTHONPATH": "/a:/b"}, "pip": ["x"]}, {"working_dir": "."}]
     for env in kept:
         assert ray_runtime_env_hook(env) == env
+
+
+@pytest.mark.parametrize("cores,sites,want", [(2, 3, 3), (2, 2, None), (2, 4, None), (4, 6, 6), (4, 7, None),
+                                              (1, 1, None)])
+def test_a_small_federation_trains_in_one_wave(monkeypatch, cores, sites, want):
+    """Ray gets enough logical CPUs for every site at once only when that over-subscribes the cores by
+    at most half (3 hospitals on 2 cores); otherwise it keeps its own count."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert one_wave_cpus(sites) == want

@@ -8,6 +8,7 @@ from opacus.validators import ModuleValidator
 from clin_jepa.errors import CheckpointError, ConfigError
 from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, preset, set_group_state
+from clin_jepa.models.predictor import ALL_HORIZONS
 from clin_jepa.models.testing import random_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,11 +122,12 @@ def test_opacus_module_validator(group):
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook:UserWarning")
-def test_opacus_per_sample_gradients_are_per_sample():
+@pytest.mark.parametrize("heads", [False, True])
+def test_opacus_per_sample_gradients_are_per_sample(heads):
     """Real Opacus hooks: the per-sample gradient of sample i equals the gradient of i's loss alone,
     so no term of the loss mixes samples (DP-SGD clipping stays valid)."""
     torch.manual_seed(0)
-    cfg = preset("tiny", d_enc=32, d_pred=32, enc_heads=2, pred_heads=2)
+    cfg = preset("tiny", d_enc=32, d_pred=32, enc_heads=2, pred_heads=2, horizon_heads=heads)
     model = ClinJEPA(cfg)
     batch = random_batch(cfg, 4, 12)
     with torch.no_grad():
@@ -174,3 +176,32 @@ def test_config_validation_and_dict_roundtrip():
         preset("huge")
     with pytest.raises(ConfigError, match="unknown key"):
         ModelConfig.from_dict({"width": 3})
+
+
+def test_horizon_heads_give_every_horizon_from_one_pass():
+    """``horizon_heads``: one pass returns the next hour and each look-ahead; asking for one horizon gives
+    the same rows, the loss is the same whether it shares the pass or not, and no horizon embedding
+    is built. Rows stay causal."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", horizon_heads=True)
+    model = ClinJEPA(cfg)
+    assert model.predictor.horizon is None and model.predictor.horizon_heads
+    batch = random_batch(cfg, 3, 16)
+    z = model.encoder(batch)
+    every = model.predictor(z, batch, horizon=ALL_HORIZONS)
+    assert every.shape == (3, 16, 1 + len(cfg.horizons), cfg.d_enc)
+    for i in range(1 + len(cfg.horizons)):
+        torch.testing.assert_close(model.predictor(z, batch, horizon=i), every[:, :, i])
+    target = layer_normed_targets(model.target_encoder(batch)).detach()
+    shared, parts = jepa_loss(model.predictor, z, target, batch, LossConfig(), **model_terms(cfg, batch))
+    apart, _ = jepa_loss(model.predictor, z, target, batch, LossConfig(),
+                         **{**model_terms(cfg, batch), "horizon_heads": False})  # one pass per horizon
+    torch.testing.assert_close(shared, apart)
+    assert float(parts["loss_ahead"]) > 0
+    changed = {**batch, "bins": batch["bins"].clone()}
+    changed["bins"][:, 10:] = torch.randint(1, cfg.n_bins + 1, changed["bins"][:, 10:].shape)
+    moved = model.predictor(model.encoder(changed), changed, horizon=ALL_HORIZONS)
+    torch.testing.assert_close(moved[:, :10], every[:, :10])
+    assert not torch.allclose(moved[:, 10:], every[:, 10:])
+    empty = {k: v[:0] for k, v in batch.items()}  # an empty Poisson batch (DP-SGD) still steps
+    assert model.predictor(model.encoder(empty), empty, horizon=ALL_HORIZONS).shape == (0, 16, 4, cfg.d_enc)

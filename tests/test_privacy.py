@@ -39,9 +39,9 @@ WARMUP, JOINT = phase_at(0, 10, CUR), phase_at(3, 10, CUR)
 HOURS = 12
 
 
-def _model(seed=0):
+def _model(seed=0, heads=False):
     torch.manual_seed(seed)
-    return ClinJEPA(preset("tiny", n_concepts=6, n_treatments=2, max_hours=HOURS))
+    return ClinJEPA(preset("tiny", n_concepts=6, n_treatments=2, max_hours=HOURS, horizon_heads=heads))
 
 
 def _snap(module):
@@ -81,12 +81,16 @@ def _clipped_mean_by_autograd(model, batch, loss_cfg, phase, clip):
     return [t / b for t in total]
 
 
-@pytest.mark.parametrize("mode,rollout,phase", [("hooks", 2, JOINT), ("hooks", 2, WARMUP),
-                                                ("functorch", 2, JOINT), ("ghost", 1, JOINT)])
-def test_dp_step_is_the_mean_of_per_sample_clipped_gradients(mode, rollout, phase):
-    model, batch, clip = _model(), random_batch(preset("tiny", n_concepts=6, n_treatments=2), 5, HOURS), 0.05
-    # the reference sees the full context; ghost clipping allows one predictor pass per step
-    loss_cfg = LossConfig(rollout_steps=rollout, context_mask=0.0, horizon_weight=float(mode != "ghost"))
+@pytest.mark.parametrize("mode,rollout,phase,heads", [
+    ("hooks", 2, JOINT, False), ("hooks", 2, WARMUP, False), ("functorch", 2, JOINT, False),
+    ("ghost", 1, JOINT, False), ("hooks", 2, JOINT, True), ("ghost", 1, JOINT, True)])
+def test_dp_step_is_the_mean_of_per_sample_clipped_gradients(mode, rollout, phase, heads):
+    model, batch = _model(heads=heads), random_batch(preset("tiny", n_concepts=6, n_treatments=2), 5, HOURS)
+    clip = 0.05
+    # the reference sees the full context; ghost clipping allows one predictor pass per step, which
+    # horizon heads keep with the look-ahead terms on
+    loss_cfg = LossConfig(rollout_steps=rollout, context_mask=0.0,
+                          horizon_weight=float(mode != "ghost" or heads))
     expected = _clipped_mean_by_autograd(model, batch, loss_cfg, phase, clip)
     params = [p for name in phase.trainable for p in getattr(model, name).parameters()]
     before, target = [p.detach().clone() for p in params], _snap(model.target_encoder)

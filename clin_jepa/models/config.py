@@ -14,17 +14,18 @@ class ModelConfig:
     """Sizes of ``E``/``Ē`` and ``P``.
 
     The data dimensions (``n_concepts``, ``n_treatments``, ``n_bins``, ``n_time``) must match the
-    discretization the model is trained on; ``max_hours`` bounds the positional table (>= T).
-    The latent width is ``d_enc``: the predictor reads and predicts vectors of that size.
-    ``horizons`` are the extra look-ahead hours (besides 1) the predictor is asked for, each selected by a
-    learned horizon embedding; ``obs_horizons`` > 0 adds a head forecasting the observed value bins of
-    the next ``obs_horizons`` hours from a latent. ``residual`` makes ``P`` predict ``LN(z_t) + Δ``.
-    ``encoder_positions`` puts the learned hour-position table back into ``E`` (an ablation only: it lets
-    the objective be met by the clock, see docs/training.md). ``level_input`` adds a linear map of each
-    concept's carried-forward bin as an ordinal level (bin / n_bins) beside the per-bin embedding, so
-    "higher than before" is a direction in the input space from the first step, not something to learn.
-    ``encoder_clock`` lets ``E`` read the clock of day (an ablation only: it put a 24-hour cycle into the
-    latents that the predictor's rollout could not follow, see docs/training.md).
+    discretization the model is trained on; ``max_hours`` bounds the positional table (>= T). The latent width
+    is ``d_enc``: the predictor reads and predicts vectors of that size. ``horizons`` are the extra look-ahead
+    hours (besides 1) the predictor is asked for, each selected by a learned horizon embedding (one predictor
+    pass per horizon) or, with ``horizon_heads``, read from one output head per horizon on the next-hour pass;
+    ``obs_horizons`` > 0 adds a head forecasting the observed value bins of the next ``obs_horizons`` hours
+    from a latent. ``residual`` makes ``P`` predict ``LN(z_t) + Δ``. ``encoder_positions`` puts the learned
+    hour-position table back into ``E`` (an ablation only: it lets the objective be met by the clock, see
+    docs/training.md). ``level_input`` adds a linear map of each concept's carried-forward bin as an ordinal
+    level (bin / n_bins) beside the per-bin embedding, so "higher than before" is a direction in the input
+    space from the first step, not something to learn. ``encoder_clock`` lets ``E`` read the clock of day (an
+    ablation only: it put a 24-hour cycle into the latents that the predictor's rollout could not follow, see
+    docs/training.md).
     """
 
     n_concepts: int = 16
@@ -42,6 +43,7 @@ class ModelConfig:
     treat_conditioning: bool = True
     residual: bool = True
     horizons: tuple[int, ...] = (3, 6, 12)
+    horizon_heads: bool = True
     obs_horizons: int = 6
     encoder_positions: bool = False
     level_input: bool = True

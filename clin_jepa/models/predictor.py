@@ -9,6 +9,8 @@ from torch import nn
 from clin_jepa.models.config import ModelConfig
 from clin_jepa.models.layers import CausalTransformer
 
+ALL_HORIZONS = -1  # ``horizon=ALL_HORIZONS``: every horizon's prediction from one pass (horizon heads)
+
 
 def next_hour_treatments(treat: torch.Tensor) -> torch.Tensor:
     """(B,T,K) -> (B,T,K) whose row t holds hour t+1's treatments (zeros after the last hour)."""
@@ -26,6 +28,10 @@ class Predictor(nn.Module):
     it has to find. ``observe=True`` instead returns the observation head's logits
     (B, T, obs_horizons, n_concepts, n_bins): the value bins of the next hours, forecast from ``z_t``.
     It lives in ``P``'s parameter group so federation, checkpoints and DP treat it like ``P``.
+
+    The look-ahead horizons are asked for either by a learned horizon embedding added to the input (one
+    pass per horizon) or, with ``cfg.horizon_heads``, by one output head per horizon on the same pass:
+    ``horizon=ALL_HORIZONS`` then returns (B, T, 1 + len(horizons), d_enc), the next hour first.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -33,8 +39,10 @@ class Predictor(nn.Module):
         self.cfg = cfg
         self.inp = nn.Linear(cfg.d_enc, cfg.d_pred)
         self.treat = nn.Linear(cfg.n_treatments, cfg.d_pred) if cfg.treat_conditioning else None
-        self.horizon = None
-        if cfg.horizons:
+        self.horizon = self.ahead = None
+        if cfg.horizons and cfg.horizon_heads:
+            self.ahead = nn.Linear(cfg.d_pred, len(cfg.horizons) * cfg.d_enc)
+        elif cfg.horizons:
             self.horizon = nn.Embedding(len(cfg.horizons) + 1, cfg.d_pred)
             nn.init.normal_(self.horizon.weight, std=0.02)
         self.backbone = CausalTransformer(cfg.d_pred, cfg.pred_layers, cfg.pred_heads, cfg.mlp_ratio,
@@ -57,5 +65,16 @@ class Predictor(nn.Module):
             x = x + self.treat(next_hour_treatments(batch["treat"]))
         if self.horizon is not None:
             x = x + self.horizon(torch.full_like(batch["pos"], horizon))
-        delta = self.out(self.backbone(x, batch["pos"]))
+        h = self.backbone(x, batch["pos"])
+        if self.ahead is not None and horizon != 0:
+            ahead = self.ahead(h).view(*h.shape[:2], len(self.cfg.horizons), self.cfg.d_enc)
+            delta = torch.cat([self.out(h).unsqueeze(2), ahead], dim=2)
+            out = zn.unsqueeze(2) + delta if self.cfg.residual else delta
+            return out if horizon == ALL_HORIZONS else out[:, :, horizon]
+        delta = self.out(h)
         return zn + delta if self.cfg.residual else delta
+
+    @property
+    def horizon_heads(self) -> bool:
+        """Whether one pass gives every horizon (``horizon=ALL_HORIZONS``)."""
+        return self.ahead is not None

@@ -56,11 +56,13 @@ def private_train_steps(model: ClinJEPA, optimizer: torch.optim.Optimizer, tenso
     loss_cfg = loss_cfg or LossConfig()
     k = max((phase_loss(loss_cfg, schedule.at(s)).rollout_steps for s in range(step0, step0 + n_steps)),
             default=loss_cfg.rollout_steps)
-    calls = k + (len(model.cfg.horizons) if loss_cfg.horizon_weight > 0 else 0)
+    # horizon heads read every look-ahead from the next-hour pass: no extra call
+    ahead = loss_cfg.horizon_weight > 0 and not model.cfg.horizon_heads
+    calls = k + (len(model.cfg.horizons) if ahead else 0)
     if settings.mode == "ghost" and calls > 1:
         raise ConfigError(f"DP grad-sample mode 'ghost' cannot clip a predictor called {calls} times per "
                           f"step (Opacus: parameter tying); use mode 'hooks', or rollout_steps 1 with "
-                          f"horizon_weight 0 and finalize-rollout-steps 0")
+                          f"finalize-rollout-steps 0 and either model.horizon_heads or horizon_weight 0")
     ledger.reserve(rnd, n_steps)
     batches = batches if batches is not None else poisson_batches(tensors, ledger.sample_rate)
     metrics: dict[str, float] = {}
