@@ -44,7 +44,8 @@ def runs_of(models: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "drift_abs": d["curve"], "copy_baseline": d.get("copy_curve"),
                     "drift_early": d["early"], "drift_late": d["late"], "converges": d.get("converges"),
                     "hours_below_copy": d.get("hours_below_copy"), "checkpoint": m.get("checkpoint")})
-    return out
+    # reports split by seed merge in their own order; rows (and the table's per-seed lists) go by seed
+    return sorted(out, key=lambda r: (r["seed"] is None, r["seed"] or 0))
 
 
 def baselines_of(baselines: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> dict[str, dict]:
