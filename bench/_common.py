@@ -338,10 +338,6 @@ def run_federated(ckdir: Path, configs: list[Path], steps: int, local_steps: int
     return ckdir / "ckpt.pt"
 
 
-def _seed_of(label: str) -> str:
-    return label.rsplit("@", 1)[-1]
-
-
 def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], args: list,
                     main_args: list, logs: Path, parallel: int = 1,
                     gru: tuple[int, list[int]] | None = None) -> dict:
@@ -362,8 +358,9 @@ def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], 
         epochs, seeds = gru
         n = max(1, min(parallel, len(seeds)))
         parts = [[str(s) for s in seeds[i::n]] for i in range(n)]
-        part = {seed: i for i, p in enumerate(parts) for seed in p}  # a label of no listed seed: the first
-        jobs = [(f"main{'' if i == 0 else f'-{i}'}", [lb for lb in main if part.get(_seed_of(lb), 0) == i],
+        # a label of no listed seed goes with the first part
+        chunk = {lb: next((i for i, p in enumerate(parts) if lb.rsplit("@")[-1] in p), 0) for lb in main}
+        jobs = [(f"main{'' if i == 0 else f'-{i}'}", [lb for lb in main if chunk[lb] == i],
                  [*main_args, "--gru-epochs", epochs, "--gru-seeds", *p]) for i, p in enumerate(parts)]
         jobs = [j for j in jobs if j[1]]
     jobs += [(labels[0].replace("@", "_"), labels, ["--no-baselines"]) for labels in others]
@@ -378,12 +375,11 @@ def evaluate_groups(reports: Path, configs: list[Path], ckpts: dict[str, Path], 
 
     merged: dict = {"models": {}, "baselines": {}, "reports": []}
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        done = list(pool.map(one, range(len(jobs))))
-    for out, metrics in done:
-        merged["models"].update(metrics["models"])
-        merged["baselines"].update(metrics["baselines"])
-        merged["reports"].append(str(out))
-        merged.setdefault("data", metrics["data"])
+        for out, metrics in list(pool.map(one, range(len(jobs)))):
+            merged["models"].update(metrics["models"])
+            merged["baselines"].update(metrics["baselines"])
+            merged["reports"].append(str(out))
+            merged.setdefault("data", metrics["data"])
     return merged
 
 

@@ -79,14 +79,13 @@ class ModelConfig:
         return cls(**d)
 
 
-# Widths chosen for the hardware each preset targets: `tiny` keeps unit tests in milliseconds and is the
-# model the learning benchmark judges and the demo trains (on two CPU cores `small` took 2.7x as long
-# for the demo and its probes were no better: docs/training.md), `small` is the next step up for a
-# larger CPU budget, `base` matches the paper's ~92 M-parameter predictor.
+# Widths chosen for the hardware each preset targets: `tiny` keeps unit tests in milliseconds, `wide`
+# (tiny's depth at 128) is the model the learning benchmark judges and the demo trains (with horizon
+# heads it passes the GRU and the paired bar on 3 seeds: docs/evaluation.md), `small` is the next step up
+# for a larger CPU budget, `base` matches the paper's ~92 M-parameter predictor.
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(d_enc=64, enc_layers=1, enc_heads=4, d_pred=64, pred_layers=2, pred_heads=4),
-    # tiny's depth at 128 wide: on the learning benchmark it passes the GRU and the paired bar on 3 seeds
-    # (docs/training.md), at 2.1-2.3x tiny's step cost on CPU
+    # 2.1-2.3x tiny's step cost on CPU with a horizon embedding; horizon heads take a third of that off
     "wide": dict(d_enc=128, enc_layers=1, enc_heads=4, d_pred=128, pred_layers=2, pred_heads=4),
     "small": dict(d_enc=128, enc_layers=2, enc_heads=4, d_pred=128, pred_layers=3, pred_heads=4),
     "base": dict(d_enc=1024, enc_layers=4, enc_heads=16, d_pred=1024, pred_layers=7, pred_heads=16),
