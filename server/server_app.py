@@ -166,7 +166,12 @@ def run_round(grid: Grid, cfg: FederationConfig, state: ServerState, strategy: P
     asked = {m.metadata.dst_node_id for m in messages}
     down = _nbytes(arrays) + strategy.last_frozen_bytes
     t_wait = time.perf_counter()
-    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    # In a fixed site order, not arrival order: float sums depend on their order, and a resumed (or
+    # repeated) run must average exactly what an uninterrupted one did, whichever site answers first.
+    def site_order(m: Message) -> tuple[str, int]:
+        return strategy.site_nodes.get(m.metadata.src_node_id, ""), m.metadata.src_node_id
+
+    replies = sorted(grid.send_and_receive(messages, timeout=cfg.round_timeout), key=site_order)
     wait_s = time.perf_counter() - t_wait
     up_bytes = {m.metadata.src_node_id: sum(_nbytes(r) for r in m.content.array_records.values())
                 for m in replies if not m.has_error()}
