@@ -185,7 +185,7 @@ def test_horizon_heads_give_every_horizon_from_one_pass():
     torch.manual_seed(0)
     cfg = preset("tiny", horizon_heads=True)
     model = ClinJEPA(cfg)
-    assert model.predictor.horizon is None and model.predictor.horizon_heads
+    assert model.predictor.horizon is None and model.predictor.ahead is not None
     batch = random_batch(cfg, 3, 16)
     z = model.encoder(batch)
     every = model.predictor(z, batch, horizon=ALL_HORIZONS)

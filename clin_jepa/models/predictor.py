@@ -73,8 +73,3 @@ class Predictor(nn.Module):
             return out if horizon == ALL_HORIZONS else out[:, :, horizon]
         delta = self.out(h)
         return zn + delta if self.cfg.residual else delta
-
-    @property
-    def horizon_heads(self) -> bool:
-        """Whether one pass gives every horizon (``horizon=ALL_HORIZONS``)."""
-        return self.ahead is not None
