@@ -1,6 +1,7 @@
 """End-to-end federated evaluation: `flwr run` (simulation) of three synthetic hospitals with the default
 ``eval-every`` (after each phase and the last round); each site's federated AUROC must equal
-``clin-jepa evaluate`` of the same checkpoint on that site's data alone."""
+``clin-jepa evaluate`` of the same checkpoint on that site's data alone, and the trained weights must equal
+those of the same run without evaluation rounds (``eval-every = -1``, as the learning benchmark runs)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import json
 import subprocess
 
 import pytest
+import torch
 from deploy_harness import BIN
 from flwr_utils import REPO, FlowerSandbox
 from mlflow.tracking import MlflowClient
 
+from clin_jepa.checkpoint import load_checkpoint
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.tracking import EXPERIMENT, default_uri
 
@@ -32,8 +35,19 @@ def test_evaluation_rounds_run_at_every_site_and_match_clin_jepa_evaluate(tmp_pa
               "checkpoint-dir": str(out), "synth-if-missing": False, "round-timeout": 300.0}
     with FlowerSandbox(tmp_path / "flower") as fl:
         proc = fl.run(REPO, config, num_supernodes=3, timeout=900)
+        quiet = fl.run(REPO, {**config, "checkpoint-dir": str(tmp_path / "quiet"), "eval-every": -1},
+                       num_supernodes=3, timeout=900)
     assert fl.survivors() == [], "Flower/Ray processes survived the run"
     assert proc.returncode == 0 and "Final checkpoint" in proc.stdout, proc.stdout[-6000:]
+    assert quiet.returncode == 0 and "Final checkpoint" in quiet.stdout, quiet.stdout[-6000:]
+    # evaluation rounds only read the model: they draw no training randomness and move no weight
+    evaluated, skipped = (load_checkpoint(d / "ckpt.pt").weights for d in (out, tmp_path / "quiet"))
+    assert evaluated.keys() == skipped.keys()
+    for group, tensors in evaluated.items():
+        assert tensors.keys() == skipped[group].keys()
+        for name, value in tensors.items():
+            assert torch.equal(value, skipped[group][name]), f"{group}.{name}"
+    assert '"phase": "evaluate"' not in (tmp_path / "quiet" / "metrics.jsonl").read_text()
     # one progress line per round, with the evaluation's AUROC and the time left
     progress = [ln for ln in proc.stdout.splitlines() if "ETA" in ln and "sites accepted" in ln]
     assert len(progress) == ROUNDS and all("eval AUROC" in ln for ln in progress), progress
