@@ -33,12 +33,15 @@ class LossConfig:
     ``obs_weight`` the observation head's forecast of the next hours' value bins; ``context_mask`` is the
     probability that each observed value is hidden from ``E`` (not from ``Ē``) in phases that train
     ``E``. ``jepa_to_encoder=False`` stops the latent-prediction gradient at ``E``'s output (the control
-    that shows how much of the gain is the auxiliary forecast alone). Measured effects: docs/training.md.
+    that shows how much of the gain is the auxiliary forecast alone). The hinge is off by default
+    (``collapse_weight`` 0; its value is still logged as the ``collapse`` monitor): a floor on each stay's
+    own spread over its hours asks the latent of a stable patient to move. Measured effects:
+    docs/experiments.md.
     """
 
     rollout_steps: int = 2
     rollout_weight: float = 1.0
-    collapse_weight: float = 1.0
+    collapse_weight: float = 0.0  # off: the hinge pushed stable stays' latents to move (docs/experiments.md)
     collapse_floor: float = 0.5
     horizon_weight: float = 1.0
     obs_weight: float = 0.5

@@ -52,7 +52,7 @@ def test_hours_outside_the_stay_do_not_count():
 def test_reduction_none_is_per_sample_and_mean_matches():
     z, target = torch.randn(4, 6, 8), layer_normed_targets(torch.randn(4, 6, 8))
     pred = lambda seq, batch: seq.flip(-1)  # noqa: E731
-    cfg = LossConfig(collapse_floor=5.0)
+    cfg = LossConfig(collapse_floor=5.0, collapse_weight=1.0)
     per, parts = jepa_loss(pred, z, target, _batch(4, 6), cfg, reduction="none")
     mean, _ = jepa_loss(pred, z, target, _batch(4, 6), cfg)
     assert per.shape == (4,)

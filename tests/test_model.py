@@ -133,7 +133,7 @@ def test_opacus_per_sample_gradients_are_per_sample(heads):
     with torch.no_grad():
         target = layer_normed_targets(model.target_encoder(batch))
     enc, pred = GradSampleModule(model.encoder), GradSampleModule(model.predictor)
-    loss, _ = jepa_loss(pred, enc(batch), target, batch, LossConfig(collapse_floor=2.0),
+    loss, _ = jepa_loss(pred, enc(batch), target, batch, LossConfig(collapse_floor=2.0, collapse_weight=1.0),
                         **model_terms(cfg, batch))
     loss.backward()
     i = 2
@@ -143,7 +143,7 @@ def test_opacus_per_sample_gradients_are_per_sample(heads):
     enc.zero_grad(set_to_none=True)
     pred.zero_grad(set_to_none=True)
     loss_i, _ = jepa_loss(model.predictor, model.encoder(one), target[i: i + 1], one,
-                          LossConfig(collapse_floor=2.0), **model_terms(cfg, one))
+                          LossConfig(collapse_floor=2.0, collapse_weight=1.0), **model_terms(cfg, one))
     loss_i.backward()
     checked = 0
     for p in model.online_parameters():

@@ -21,11 +21,11 @@ class ModelConfig:
     ``obs_horizons`` > 0 adds a head forecasting the observed value bins of the next ``obs_horizons`` hours
     from a latent. ``residual`` makes ``P`` predict ``LN(z_t) + Δ``. ``encoder_positions`` puts the learned
     hour-position table back into ``E`` (an ablation only: it lets the objective be met by the clock, see
-    docs/training.md). ``level_input`` adds a linear map of each concept's carried-forward bin as an ordinal
-    level (bin / n_bins) beside the per-bin embedding, so "higher than before" is a direction in the input
-    space from the first step, not something to learn. ``encoder_clock`` lets ``E`` read the clock of day (an
-    ablation only: it put a 24-hour cycle into the latents that the predictor's rollout could not follow, see
-    docs/training.md).
+    docs/experiments.md). ``level_input`` adds a linear map of each concept's carried-forward bin as an
+    ordinal level (bin / n_bins) beside the per-bin embedding, so "higher than before" is a direction in the
+    input space from the first step, not something to learn. ``encoder_clock`` lets ``E`` read the clock of
+    day (an ablation only: it put a 24-hour cycle into the latents that the predictor's rollout could not
+    follow, see docs/experiments.md).
     """
 
     n_concepts: int = 16
