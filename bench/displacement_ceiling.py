@@ -41,24 +41,18 @@ CONTEXT, HOURS = 24, 72
 def representations(seed: int, n_patients: int, n_sites: int, work: Path) -> tuple[dict, dict]:
     """Per representation the (N, 72, F) held-out arrays, and the held-out ``mask``/``labels``/``hidden``/
     ``tasks`` of the pooled sites written to ``work`` with ``seed``."""
-    from clin_jepa.config import load_site_config
     from clin_jepa.data.features import sequence_inputs
     from clin_jepa.data.meds import SPLIT_CODE
-    from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
-    from clin_jepa.data.synth import simulate_site, synthesize
+    from clin_jepa.data.synth import simulate_site
+    from clin_jepa.data.synth.history_check import fresh_sites
     from clin_jepa.data.synth.physiology import MEASUREMENTS
     from clin_jepa.data.synth.profiles import hospital_profiles
-    from clin_jepa.data.tasks import load_tasks
-    from clin_jepa.data.tokenize import build_site_tensors
     from clin_jepa.evaluation.ground_truth import hidden_cohorts, read_ground_truth
 
-    outputs = synthesize(work, n_sites, n_patients, seed, force=True)
-    cfgs = [load_site_config(o.config) for o in outputs]
-    disc = quantile_edges(merge_statistics([compute_site_statistics(c) for c in cfgs]))
+    cfgs, disc, sites = fresh_sites(work, n_sites, n_patients, seed, HOURS)
     reps: dict[str, list[np.ndarray]] = {"hidden state": [], "noiseless values": [], "model inputs": []}
     meta: dict[str, list] = {"mask": [], "labels": [], "hidden": []}
-    for i, (profile, cfg) in enumerate(zip(hospital_profiles(n_sites), cfgs, strict=True)):
-        st = build_site_tensors(cfg, disc, load_tasks(), HOURS, use_cache=False)
+    for i, (profile, cfg, st) in enumerate(zip(hospital_profiles(n_sites), cfgs, sites, strict=True)):
         held = st.split == SPLIT_CODE["held_out"]
         h = simulate_site(profile, i, n_patients, seed)  # the same stream synthesize drew the site from
         keys = zip(h.subject_id[h.stay_subject], h.admit_us, strict=True)
@@ -115,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="keep the hospitals here (default: a temp dir)")
     args = p.parse_args(argv)
     for seed in args.seeds:
-        with tempfile.TemporaryDirectory(prefix="disp-ceiling-") as tmp:
-            work = args.work / f"seed{seed}" if args.work else Path(tmp)
-            reps, meta = representations(seed, args.patients, args.sites, work)
+        if args.work:
+            reps, meta = representations(seed, args.patients, args.sites, args.work / f"seed{seed}")
+        else:
+            with tempfile.TemporaryDirectory(prefix="disp-ceiling-") as tmp:
+                reps, meta = representations(seed, args.patients, args.sites, Path(tmp))
         print(f"data seed {seed}: {args.sites} × {args.patients} patients, {len(meta['mask'])} held-out "
               f"stays; {load_average()}")
         print(f"  {'representation':34s} {'per task':>8} {'hidden':>7}   per task: "

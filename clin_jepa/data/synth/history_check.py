@@ -66,28 +66,37 @@ def _task_aurocs(result: Any) -> dict[str, float]:
     return {t.task: float("nan") if t.skipped else float(t.auroc) for t in result.tasks}
 
 
+def fresh_sites(out: Path, n_sites: int, n_patients: int, seed: int, hours: int = 72
+                ) -> tuple[list[Any], Any, list[Any]]:
+    """Regenerate ``n_sites`` hospitals into ``out`` and tokenize them with their pooled quantile edges:
+    (site configs, discretization, one SiteTensors per site)."""
+    from clin_jepa.config import load_site_config
+    from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
+    from clin_jepa.data.synth import synthesize
+    from clin_jepa.data.tasks import load_tasks
+    from clin_jepa.data.tokenize import build_site_tensors
+
+    outputs = synthesize(out, n_sites, n_patients, seed, force=True)
+    cfgs = [load_site_config(o.config) for o in outputs]
+    disc = quantile_edges(merge_statistics([compute_site_statistics(c) for c in cfgs]))
+    tasks = load_tasks()
+    # No tensor cache: a regenerated folder must never be read through tensors of older data.
+    return cfgs, disc, [build_site_tensors(c, disc, tasks, hours, use_cache=False) for c in cfgs]
+
+
 def check_seed(seed: int, n_patients: int = 1000, n_sites: int = 3, work: str | Path | None = None
                ) -> SeedResult:
     """Generate ``n_sites`` hospitals of ``n_patients`` with ``seed`` (in ``work``, else a temporary
     folder) and score both baselines as ``evaluate_baselines`` does."""
     import time
 
-    from clin_jepa.config import load_site_config
-    from clin_jepa.data.stats import compute_site_statistics, merge_statistics, quantile_edges
-    from clin_jepa.data.synth import synthesize
-    from clin_jepa.data.tasks import load_tasks
-    from clin_jepa.data.tokenize import SiteTensors, build_site_tensors
+    from clin_jepa.data.tokenize import SiteTensors
     from clin_jepa.evaluation.runner import EvalSettings, evaluate_baselines
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="synth-check-") as tmp:
         out = Path(work) / f"seed{seed}" if work is not None else Path(tmp)
-        outputs = synthesize(out, n_sites, n_patients, seed, force=True)
-        cfgs = [load_site_config(o.config) for o in outputs]
-        disc = quantile_edges(merge_statistics([compute_site_statistics(c) for c in cfgs]))
-        tasks = load_tasks()
-        # No tensor cache: a regenerated folder must never be read through tensors of older data.
-        sites = [build_site_tensors(c, disc, tasks, 72, use_cache=False) for c in cfgs]
+        cfgs, disc, sites = fresh_sites(out, n_sites, n_patients, seed)
     rates = {}
     for cfg, st in zip(cfgs, sites, strict=True):
         defined = np.isfinite(st.labels)
