@@ -1,17 +1,21 @@
 """How far can the displacement ratio go on the synthetic hospitals? References for the learning benchmark.
 
-Usage: python bench/displacement_ceiling.py [--seeds 0] [--patients 1000] [--sites 3] [--work DIR]
+Usage: python bench/displacement_ceiling.py [--seeds 0] [--patients 1000] [--sites 3] [--work DIR] [--trees]
 
 The benchmark asks the trained encoder for a per-task displacement ratio >= 2.0 (issue 12). This script
 computes the same ratio (``clin_jepa.evaluation.geometry``: held-out stays, hours 19–24 vs the last 6
-in-stay hours up to 72, per task and for the generator's hidden cohorts) on three representations
-that need no training:
+in-stay hours up to 72, per task and for the generator's hidden cohorts) on representations that
+need no self-supervised training:
 
 * ``hidden state`` — the generator's own organ-system state per hour (``Course.state``), standardized:
   what an encoder that recovered the patient's true condition exactly could reach;
 * ``noiseless values`` — every measurement's true value per hour, standardized (no noise, no gaps);
 * ``model inputs`` — the hourly inputs every model reads (``clin_jepa.data.features.sequence_inputs``:
   carried-forward values, measured flags, hours since, treatments), standardized;
+* ``state estimate`` — a ridge regression from the model inputs to the hidden state, fitted on the
+  training stays' hours (supervised by the truth no model is given), from this hour's inputs alone and
+  with causal 3–24 h averages of the carried-forward levels: how much of the state a linear read-out of
+  the inputs recovers, hour by hour;
 
 each also after a layer norm over features, as the evaluation applies to latents. Same data pipeline as
 ``bench/synth_check.py`` (federated statistics round, tokenization, pooled splits). Prints one line per
@@ -36,9 +40,12 @@ import numpy as np  # noqa: E402
 from bench._common import load_average  # noqa: E402
 
 CONTEXT, HOURS = 24, 72
+HALF_LIVES = (3.0, 6.0, 12.0, 24.0)
+TREE_HOURS = 60_000
 
 
-def representations(seed: int, n_patients: int, n_sites: int, work: Path) -> tuple[dict, dict]:
+def representations(seed: int, n_patients: int, n_sites: int, work: Path, trees: bool = False
+                    ) -> tuple[dict, dict]:
     """Per representation the (N, 72, F) held-out arrays, and the held-out ``mask``/``labels``/``hidden``/
     ``tasks`` of the pooled sites written to ``work`` with ``seed``."""
     from clin_jepa.data.features import sequence_inputs
@@ -50,26 +57,75 @@ def representations(seed: int, n_patients: int, n_sites: int, work: Path) -> tup
     from clin_jepa.evaluation.ground_truth import hidden_cohorts, read_ground_truth
 
     cfgs, disc, sites = fresh_sites(work, n_sites, n_patients, seed, HOURS)
-    reps: dict[str, list[np.ndarray]] = {"hidden state": [], "noiseless values": [], "model inputs": []}
-    meta: dict[str, list] = {"mask": [], "labels": [], "hidden": []}
+    every: dict[str, list[np.ndarray]] = {"hidden state": [], "noiseless values": [], "model inputs": [],
+                                          "mask": [], "split": []}
+    meta: dict[str, list] = {"labels": [], "hidden": []}
     for i, (profile, cfg, st) in enumerate(zip(hospital_profiles(n_sites), cfgs, sites, strict=True)):
-        held = st.split == SPLIT_CODE["held_out"]
         h = simulate_site(profile, i, n_patients, seed)  # the same stream synthesize drew the site from
         keys = zip(h.subject_id[h.stay_subject], h.admit_us, strict=True)
         row = {(int(s), int(a)): k for k, (s, a) in enumerate(keys)}
-        idx = np.array([row[(int(s), int(a))]
-                        for s, a in zip(st.subject_id[held], st.stay_start[held], strict=True)])
-        reps["hidden state"].append(h.course.state[idx, :HOURS])
-        reps["noiseless values"].append(np.stack([h.course.truth[c][idx, :HOURS] for c in MEASUREMENTS], -1))
+        idx = np.array([row[(int(s), int(a))] for s, a in zip(st.subject_id, st.stay_start, strict=True)])
+        every["hidden state"].append(h.course.state[idx, :HOURS])
+        every["noiseless values"].append(np.stack([h.course.truth[c][idx, :HOURS] for c in MEASUREMENTS], -1))
+        every["model inputs"].append(sequence_inputs(st.bins, st.treat, st.time, disc.n_bins, HOURS))
+        every["mask"].append(st.mask)
+        every["split"].append(st.split)
         sub = st.subset("held_out")
-        reps["model inputs"].append(sequence_inputs(sub.bins, sub.treat, sub.time, disc.n_bins, HOURS))
-        meta["mask"].append(sub.mask)
         meta["labels"].append(sub.labels)
         meta["hidden"].append(hidden_cohorts(sub.subject_id, sub.stay_start, read_ground_truth(cfg.data_path),
                                              str(cfg.data_path)))
         meta["tasks"] = list(sub.tasks)
-    out = {k: np.concatenate(v).astype(np.float64) for k, v in reps.items()}
-    return out, {k: (v if k == "tasks" else np.concatenate(v)) for k, v in meta.items()}
+    pooled = {k: np.concatenate(v) for k, v in every.items()}
+    held = pooled["split"] == SPLIT_CODE["held_out"]
+    fit = pooled["split"] == SPLIT_CODE["train"]
+    names = ("hidden state", "noiseless values", "model inputs")
+    reps = {k: pooled[k][held].astype(np.float64) for k in names}
+    reps.update(state_estimates(pooled["model inputs"], pooled["hidden state"], pooled["mask"], fit, held,
+                                len(disc.concepts), trees))
+    out = {k: (v if k == "tasks" else np.concatenate(v)) for k, v in meta.items()}
+    return reps, {"mask": pooled["mask"][held], **out}
+
+
+def causal_averages(x: np.ndarray, half_lives: tuple[float, ...] = HALF_LIVES) -> np.ndarray:
+    """(N, T, F) -> (N, T, F * (1 + len(half_lives))): ``x`` and its exponential moving averages over the
+    hours so far, one per half-life."""
+    out = [x]
+    for hl in half_lives:
+        keep = 0.5 ** (1.0 / hl)
+        avg = np.empty_like(x)
+        avg[:, 0] = x[:, 0]
+        for t in range(1, x.shape[1]):
+            avg[:, t] = keep * avg[:, t - 1] + (1.0 - keep) * x[:, t]
+        out.append(avg)
+    return np.concatenate(out, axis=-1)
+
+
+def state_estimates(inputs: np.ndarray, state: np.ndarray, mask: np.ndarray, fit: np.ndarray,
+                    held: np.ndarray, n_levels: int, trees: bool = False) -> dict[str, np.ndarray]:
+    """Held-out hourly estimates of the hidden state by ridge regressions fitted on the ``fit`` stays'
+    in-stay hours: from this hour's inputs alone, and with causal averages of the carried-forward levels
+    (the first ``n_levels`` input columns). A supervised read-out of what the inputs hold about the state,
+    hour by hour, for an encoder to aim at; the second shows what averaging over past hours buys. ``trees``
+    adds gradient-boosted trees on the second's inputs (minutes)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+
+    smoothed = np.concatenate([inputs, causal_averages(inputs[..., :n_levels])[..., n_levels:]], axis=-1)
+    out = {}
+    for name, x in (("state estimate, this hour's inputs", inputs),
+                    ("state estimate, + 3-24 h averages", smoothed)):
+        model = Ridge(alpha=1.0).fit(x[fit][mask[fit]], state[fit][mask[fit]])
+        out[name] = model.predict(x[held].reshape(-1, x.shape[-1])).reshape(*x[held].shape[:2], -1)
+    if trees:
+        # a non-linear read-out, on a subsample of hours to keep it to minutes
+        xs, ys = smoothed[fit][mask[fit]], state[fit][mask[fit]]
+        pick = np.random.default_rng(0).choice(len(xs), min(len(xs), TREE_HOURS), replace=False)
+        flat = smoothed[held].reshape(-1, smoothed.shape[-1])
+        pred = [HistGradientBoostingRegressor(max_iter=200, random_state=0).fit(xs[pick], ys[pick, j])
+                .predict(flat) for j in range(ys.shape[1])]
+        shape = smoothed[held].shape[:2]
+        out["state estimate, boosted trees + averages"] = np.stack(pred, -1).reshape(*shape, -1)
+    return out
 
 
 def standardized(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -107,13 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patients", type=int, default=1000)
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="keep the hospitals here (default: a temp dir)")
+    p.add_argument("--trees", action="store_true", help="also a boosted-tree state estimate (minutes)")
     args = p.parse_args(argv)
     for seed in args.seeds:
         if args.work:
-            reps, meta = representations(seed, args.patients, args.sites, args.work / f"seed{seed}")
+            reps, meta = representations(seed, args.patients, args.sites, args.work / f"seed{seed}",
+                                         args.trees)
         else:
             with tempfile.TemporaryDirectory(prefix="disp-ceiling-") as tmp:
-                reps, meta = representations(seed, args.patients, args.sites, Path(tmp))
+                reps, meta = representations(seed, args.patients, args.sites, Path(tmp), args.trees)
         print(f"data seed {seed}: {args.sites} × {args.patients} patients, {len(meta['mask'])} held-out "
               f"stays; {load_average()}")
         print(f"  {'representation':34s} {'per task':>8} {'hidden':>7}   per task: "

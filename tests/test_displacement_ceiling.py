@@ -40,3 +40,12 @@ def test_representations_join_every_held_out_stay_to_its_simulated_course(tmp_pa
     rows = dict(dc.table(reps, meta))
     assert rows["hidden state"]["hidden"] > 1.5
     assert set(rows) == {f"{k}{s}" for k in reps for s in ("", ", layer-normed")}
+
+
+def test_causal_averages_halve_the_distance_to_a_step_in_one_half_life():
+    x = np.zeros((1, 40, 1))
+    x[:, 10:] = 1.0
+    out = dc.causal_averages(x, (6.0,))
+    assert out.shape == (1, 40, 2) and np.array_equal(out[..., 0], x[..., 0])
+    assert np.all(out[0, :10, 1] == 0.0)  # nothing from the future leaks into earlier hours
+    assert np.isclose(out[0, 9 + 6, 1], 0.5)
