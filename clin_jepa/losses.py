@@ -46,6 +46,7 @@ class LossConfig:
     horizon_weight: float = 1.0
     obs_weight: float = 0.5
     context_mask: float = 0.4
+    value_jitter: float = 0.0
     jepa_to_encoder: bool = True
 
     def __post_init__(self) -> None:
@@ -54,8 +55,9 @@ class LossConfig:
         if min(self.rollout_weight, self.collapse_weight, self.collapse_floor, self.horizon_weight,
                self.obs_weight) < 0:
             raise ConfigError("loss: weights and collapse_floor must be >= 0")
-        if not 0.0 <= self.context_mask < 1.0:
-            raise ConfigError(f"loss.context_mask: a probability in [0, 1) expected, got {self.context_mask}")
+        for name in ("context_mask", "value_jitter"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"loss.{name}: a probability in [0, 1) expected, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

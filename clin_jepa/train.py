@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from clin_jepa.curriculum import HARD_SYNC, CurriculumConfig, Phase, StepPlan
-from clin_jepa.data.features import hide_observations
+from clin_jepa.data.features import hide_observations, jitter_observations
 from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import ClinJEPA
 from clin_jepa.monitors import embedding_monitors, parameter_drift
@@ -133,8 +133,8 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
         if privacy is not None:
             privacy.before_step(step)
         cpu_batch = next(batches)
-        context = _context_batch(cpu_batch, loss_cfg.context_mask if plan.phase.trains_encoder else 0.0,
-                                 seed, step)
+        context = _context_batch(cpu_batch, loss_cfg if plan.phase.trains_encoder else None,
+                                 model.cfg.n_bins, seed, step)
         batch, context = _to_device(cpu_batch, device), _to_device(context, device)
         batch_size = int(batch["mask"].shape[0])
         n_examples += batch_size
@@ -176,11 +176,12 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
     return metrics, step0 + n_steps
 
 
-def _context_batch(batch: Batch, prob: float, seed: int, step: int) -> Batch:
-    if prob <= 0.0:
+def _context_batch(batch: Batch, cfg: LossConfig | None, n_bins: int, seed: int, step: int) -> Batch:
+    if cfg is None or cfg.context_mask <= 0.0 and cfg.value_jitter <= 0.0:
         return batch
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
-    return {**batch, "bins": hide_observations(batch["bins"], prob, gen)}
+    bins = hide_observations(batch["bins"], cfg.context_mask, gen)
+    return {**batch, "bins": jitter_observations(bins, cfg.value_jitter, n_bins, gen)}
 
 
 def _plan_metrics(plan: StepPlan) -> dict[str, float]:

@@ -3,7 +3,13 @@
 import numpy as np
 import torch
 
-from clin_jepa.data.features import SINCE_CAP_H, carry_forward, hide_observations, sequence_inputs
+from clin_jepa.data.features import (
+    SINCE_CAP_H,
+    carry_forward,
+    hide_observations,
+    jitter_observations,
+    sequence_inputs,
+)
 
 
 def test_carry_forward_holds_the_last_value_and_counts_hours():
@@ -45,6 +51,18 @@ def test_hidden_values_carry_the_previous_one_forward():
     kept_first = hidden[:, 0, 0] == 2
     assert torch.all(locf[dropped & kept_first, 1, 0] == 2) and torch.all(measured[dropped, 1, 0] == 0)
     assert torch.equal(hide_observations(bins, 0.0), bins)
+
+
+def test_jittered_values_move_one_bin_within_range_and_gaps_stay_gaps():
+    bins = torch.tensor([[[1], [5], [10], [0]]]).repeat(400, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    moved = jitter_observations(bins, 0.5, 10, gen)
+    assert torch.all(moved[:, 3] == 0)  # an unmeasured hour never gains a value
+    assert torch.all((moved - bins).abs() <= 1) and moved[:, :3].min() >= 1 and moved.max() <= 10
+    middle = moved[:, 1, 0]
+    assert 0.2 < (middle == 4).float().mean() < 0.3 and 0.2 < (middle == 6).float().mean() < 0.3
+    assert set(moved[:, 0, 0].tolist()) == {1, 2} and set(moved[:, 2, 0].tolist()) == {9, 10}
+    assert torch.equal(jitter_observations(bins, 0.0, 10), bins)
 
 
 def test_sequence_inputs_shape():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from clin_jepa.errors import ConfigError
 from clin_jepa.losses import (
     LossConfig,
     collapse_penalty,
@@ -101,3 +102,10 @@ def test_observation_loss_is_the_mean_cross_entropy_of_the_measured_future_cells
         want = torch.stack(cells).mean() if cells else torch.tensor(0.0)
         torch.testing.assert_close(got[i], want)
     assert float(got[2]) == 0.0  # a one-hour stay has no future cell to score
+
+
+@pytest.mark.parametrize("field", ["context_mask", "value_jitter"])
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_context_corruption_probabilities_outside_0_1_are_refused(field, value):
+    with pytest.raises(ConfigError, match=f"loss.{field}"):
+        LossConfig(**{field: value})

@@ -62,6 +62,22 @@ def hide_observations(bins: torch.Tensor, prob: float,
     return bins * keep
 
 
+def jitter_observations(bins: torch.Tensor, prob: float, n_bins: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Move each observed value one bin up or down with probability ``prob`` (staying within 1..n_bins).
+
+    A one-bin step is about the size of a measurement's noise and its slow wander around the patient's
+    level, so a context encoder asked to predict the same targets from jittered values learns to read
+    through them.
+    """
+    if prob <= 0.0:
+        return bins
+    move = torch.rand(bins.shape, generator=generator, device=bins.device) < prob
+    sign = torch.randint(0, 2, bins.shape, generator=generator, device=bins.device) * 2 - 1
+    moved = (bins + sign * move.to(bins.dtype)).clamp(1, n_bins)
+    return torch.where(bins > 0, moved, bins)
+
+
 def tabular_last_values(bins: np.ndarray, treat: np.ndarray, time: np.ndarray, n_bins: int,
                         context: int) -> np.ndarray:
     """(N, T, C) bins -> (N, C*(n_bins+1) + 2C + K + 1) features at the prediction time ``context``.
