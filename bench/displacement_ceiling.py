@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                 reps, meta = representations(seed, args.patients, args.sites, Path(tmp), args.trees)
         print(f"data seed {seed}: {args.sites} × {args.patients} patients, {len(meta['mask'])} held-out "
               f"stays; {load_average()}")
-        print(f"  {'representation':34s} {'per task':>8} {'hidden':>7}   per task: "
+        print(f"  {'representation':44s} {'per task':>8} {'hidden':>7}   per task: "
               + " ".join(t[:8] for t in meta["tasks"]))
         for name, r in table(reps, meta):
-            print(f"  {name:34s} {r['per_task']:8.3f} {r['hidden']:7.3f}   "
+            print(f"  {name:44s} {r['per_task']:8.3f} {r['hidden']:7.3f}   "
                   + " ".join(f"{v:8.2f}" for v in r["tasks"].values()))
     return 0
 

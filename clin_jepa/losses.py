@@ -32,7 +32,9 @@ class LossConfig:
     ``horizon_weight`` scores P's look-ahead predictions (the model's ``horizons``: t+3, t+6, t+12);
     ``obs_weight`` the observation head's forecast of the next hours' value bins; ``context_mask`` is the
     probability that each observed value is hidden from ``E`` (not from ``Ē``) in phases that train
-    ``E``. ``jepa_to_encoder=False`` stops the latent-prediction gradient at ``E``'s output (the control
+    ``E``; ``value_jitter`` the probability that each observed value ``E`` sees (after that hiding) moves
+    one bin up or down (off by default: it raised displacement at a small cost in AUROC, not to 2.0).
+    ``jepa_to_encoder=False`` stops the latent-prediction gradient at ``E``'s output (the control
     that shows how much of the gain is the auxiliary forecast alone). The hinge is off by default
     (``collapse_weight`` 0; its value is still logged as the ``collapse`` monitor): a floor on each stay's
     own spread over its hours asks the latent of a stable patient to move. Measured effects:
