@@ -111,19 +111,23 @@ def state_estimates(inputs: np.ndarray, state: np.ndarray, mask: np.ndarray, fit
     from sklearn.linear_model import Ridge
 
     smoothed = np.concatenate([inputs, causal_averages(inputs[..., :n_levels])[..., n_levels:]], axis=-1)
+    views = {"this hour's inputs": inputs, "+ 3-24 h averages": smoothed}
+    # each view's training hours and held-out stays, sliced once (they are copies of ~10^5 rows)
+    train_x = {k: x[fit][mask[fit]] for k, x in views.items()}
+    held_x = {k: x[held] for k, x in views.items()}
+    train_y = state[fit][mask[fit]]
+    shape = held_x["this hour's inputs"].shape[:2]
     out = {}
-    for name, x in (("state estimate, this hour's inputs", inputs),
-                    ("state estimate, + 3-24 h averages", smoothed)):
-        model = Ridge(alpha=1.0).fit(x[fit][mask[fit]], state[fit][mask[fit]])
-        out[name] = model.predict(x[held].reshape(-1, x.shape[-1])).reshape(*x[held].shape[:2], -1)
+    for k in views:
+        model = Ridge(alpha=1.0).fit(train_x[k], train_y)
+        flat = held_x[k].reshape(-1, held_x[k].shape[-1])
+        out[f"state estimate, {k}"] = model.predict(flat).reshape(*shape, -1)
     if trees:
         # a non-linear read-out, on a subsample of hours to keep it to minutes
-        xs, ys = smoothed[fit][mask[fit]], state[fit][mask[fit]]
+        xs, flat = train_x["+ 3-24 h averages"], held_x["+ 3-24 h averages"].reshape(-1, smoothed.shape[-1])
         pick = np.random.default_rng(0).choice(len(xs), min(len(xs), TREE_HOURS), replace=False)
-        flat = smoothed[held].reshape(-1, smoothed.shape[-1])
-        pred = [HistGradientBoostingRegressor(max_iter=200, random_state=0).fit(xs[pick], ys[pick, j])
-                .predict(flat) for j in range(ys.shape[1])]
-        shape = smoothed[held].shape[:2]
+        pred = [HistGradientBoostingRegressor(max_iter=200, random_state=0).fit(xs[pick], train_y[pick, j])
+                .predict(flat) for j in range(train_y.shape[1])]
         out["state estimate, boosted trees + averages"] = np.stack(pred, -1).reshape(*shape, -1)
     return out
 

@@ -177,7 +177,7 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
 
 
 def _context_batch(batch: Batch, cfg: LossConfig | None, n_bins: int, seed: int, step: int) -> Batch:
-    if cfg is None or cfg.context_mask <= 0.0 and cfg.value_jitter <= 0.0:
+    if cfg is None or (cfg.context_mask <= 0.0 and cfg.value_jitter <= 0.0):
         return batch
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
     bins = hide_observations(batch["bins"], cfg.context_mask, gen)
