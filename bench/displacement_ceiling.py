@@ -89,13 +89,13 @@ def representations(seed: int, n_patients: int, n_sites: int, work: Path, trees:
 def causal_averages(x: np.ndarray, half_lives: tuple[float, ...] = HALF_LIVES) -> np.ndarray:
     """(N, T, F) -> (N, T, F * (1 + len(half_lives))): ``x`` and its exponential moving averages over the
     hours so far, one per half-life."""
+    from scipy.signal import lfilter
+
     out = [x]
     for hl in half_lives:
         keep = 0.5 ** (1.0 / hl)
-        avg = np.empty_like(x)
-        avg[:, 0] = x[:, 0]
-        for t in range(1, x.shape[1]):
-            avg[:, t] = keep * avg[:, t - 1] + (1.0 - keep) * x[:, t]
+        # avg_t = keep * avg_{t-1} + (1 - keep) * x_t, started at avg_0 = x_0
+        avg, _ = lfilter([1.0 - keep], [1.0, -keep], x, axis=1, zi=keep * x[:, :1])
         out.append(avg)
     return np.concatenate(out, axis=-1)
 

@@ -49,3 +49,5 @@ def test_causal_averages_halve_the_distance_to_a_step_in_one_half_life():
     assert out.shape == (1, 40, 2) and np.array_equal(out[..., 0], x[..., 0])
     assert np.all(out[0, :10, 1] == 0.0)  # nothing from the future leaks into earlier hours
     assert np.isclose(out[0, 9 + 6, 1], 0.5)
+    # the average starts at the first hour's value, not at zero
+    assert np.allclose(dc.causal_averages(np.full((2, 5, 3), 2.0), (3.0,)), 2.0)
