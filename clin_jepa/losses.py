@@ -38,12 +38,12 @@ class LossConfig:
     that shows how much of the gain is the auxiliary forecast alone). The hinge is off by default
     (``collapse_weight`` 0; its value is still logged as the ``collapse`` monitor): a floor on each stay's
     own spread over its hours asks the latent of a stable patient to move. Measured effects:
-    docs/experiments.md.
+    docs/experiments.md, docs/displacement.md.
     """
 
     rollout_steps: int = 2
     rollout_weight: float = 1.0
-    collapse_weight: float = 0.0  # off: the hinge pushed stable stays' latents to move (docs/experiments.md)
+    collapse_weight: float = 0.0  # off: the hinge pushed stable stays' latents to move (docs/displacement.md)
     collapse_floor: float = 0.5
     horizon_weight: float = 1.0
     obs_weight: float = 0.5

@@ -109,3 +109,9 @@ def test_observation_loss_is_the_mean_cross_entropy_of_the_measured_future_cells
 def test_context_corruption_probabilities_outside_0_1_are_refused(field, value):
     with pytest.raises(ConfigError, match=f"loss.{field}"):
         LossConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["rollout_weight", "collapse_weight", "horizon_weight", "obs_weight"])
+def test_negative_loss_weights_are_refused(field):
+    with pytest.raises(ConfigError, match="weights"):
+        LossConfig(**{field: -0.1})
