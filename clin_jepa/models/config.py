@@ -81,8 +81,8 @@ class ModelConfig:
 
 # Widths chosen for the hardware each preset targets: `tiny` keeps unit tests in milliseconds, `wide`
 # (tiny's depth at 128) is the model the learning benchmark judges and the demo trains (with horizon
-# heads it passes the GRU and the paired bar on 3 seeds: docs/evaluation.md § Measured), `small` is the next step up
-# for a larger CPU budget, `base` matches the paper's ~92 M-parameter predictor.
+# heads it passes the GRU and the paired bar on 3 seeds: docs/evaluation.md § Measured), `small` is the
+# next step up for a larger CPU budget, `base` matches the paper's ~92 M-parameter predictor.
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(d_enc=64, enc_layers=1, enc_heads=4, d_pred=64, pred_layers=2, pred_heads=4),
     # 2.1-2.3x tiny's step cost on CPU with a horizon embedding; horizon heads take a third of that off
