@@ -94,7 +94,7 @@ class CurriculumConfig:
     weight_decay: float = 0.05
     frozen_fraction: float = 0.5
     finalize_lr: float = 0.5
-    finalize_rollout_steps: int = 12
+    finalize_rollout_steps: int = 6
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord,
 from clin_jepa.curriculum import PHASES, CurriculumConfig
 from clin_jepa.errors import ConfigError
 from clin_jepa.federation import (
+    RUN_CONFIG_KEYS,
     FederationConfig,
     ema_update,
     join_groups,
@@ -33,6 +34,7 @@ def app_config() -> dict:
 
 
 def test_pyproject_declares_every_run_config_key_and_parses():
+    assert set(app_config()) == set(RUN_CONFIG_KEYS)
     cfg = FederationConfig.from_run_config(app_config())
     assert cfg == FederationConfig()  # the shipped defaults are the dataclass defaults
     assert len(cfg.site_configs) == 3 and all((REPO / p).is_file() for p in cfg.site_configs)
