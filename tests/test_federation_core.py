@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord,
 from clin_jepa.curriculum import PHASES, CurriculumConfig
 from clin_jepa.errors import ConfigError
 from clin_jepa.federation import (
+    FEDERATED_LR,
     RUN_CONFIG_KEYS,
     FederationConfig,
     ema_update,
@@ -38,6 +39,12 @@ def test_pyproject_declares_every_run_config_key_and_parses():
     cfg = FederationConfig.from_run_config(app_config())
     assert cfg == FederationConfig()  # the shipped defaults are the dataclass defaults
     assert len(cfg.site_configs) == 3 and all((REPO / p).is_file() for p in cfg.site_configs)
+    # a federated run's own peak lr, whichever way its config is built; a stored one keeps its own
+    stored = {"site_configs": ["a.yaml"]}
+    built = (FederationConfig.from_run_config({}), FederationConfig.from_dict(stored), cfg)
+    lrs = {c.curriculum.lr for c in built}
+    assert lrs == {FEDERATED_LR} and FEDERATED_LR != CurriculumConfig().lr
+    assert FederationConfig.from_dict({**stored, "curriculum": {"lr": 0.006}}).curriculum.lr == 0.006
 
 
 def test_run_config_overrides_and_errors():
