@@ -47,10 +47,10 @@ DP_CENTRAL = ("off", "client-fixed", "server-fixed")
 # is frozen, and Ē gives the targets whenever anything trains.
 ENCODER, TARGET, PREDICTOR = "encoder", "target_encoder", "predictor"
 
-# A federated run's peak lr, 1.5x the centralized default: each round averages three sites' 10 steps, so
-# the run makes a third of the centralized run's sequential steps. Measured on the learning benchmark
-# (docs/experiments.md, "Federated, and how many steps it gets"): 6e-3 / 9e-3 / 12e-3 gave 0.782 / 0.785 /
-# 0.778 on seed 0; 9e-3 gained +0.003 / +0.007 / +0.004 on seeds 0 / 1 / 2.
+# A federated run's peak lr, 1.5x the centralized default: a round averages the sites' local steps, so at
+# an equal number of stays three sites make a third of the centralized run's sequential steps. On the
+# learning benchmark (docs/experiments.md, "The federated run's own peak lr") 6e-3 / 9e-3 / 12e-3 gave
+# 0.782 / 0.785 / 0.778 on seed 0, and 9e-3 gained +0.003 / +0.007 / +0.004 on seeds 0 / 1 / 2.
 FEDERATED_LR = 9e-3
 
 
