@@ -50,7 +50,7 @@ ENCODER, TARGET, PREDICTOR = "encoder", "target_encoder", "predictor"
 # A federated run's peak lr, 1.5x the centralized default: a round averages the sites' local steps, so at
 # an equal number of stays three sites make a third of the centralized run's sequential steps. On the
 # learning benchmark (docs/federated-runs.md, "The federated run's own peak lr") 6e-3 / 9e-3 / 12e-3 gave
-# 0.782 / 0.785 / 0.778 on seed 0, and 9e-3 gained +0.003 / +0.007 / +0.004 on seeds 0 / 1 / 2; at the
+# 0.782 / 0.785 / 0.778 on seed 0, and 9e-3 gained +0.005 on average and on each of five seeds; at the
 # demo's 3 x 600 patients it lost 0.004 on average (same paragraph), so the choice is the benchmark's.
 FEDERATED_LR = 9e-3
 
