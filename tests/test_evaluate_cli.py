@@ -203,6 +203,7 @@ def test_paired_report_with_hidden_cohorts(world, tmp_path, capsys):
     assert geo["hidden"]["n_deteriorating"] > 0 and geo["hidden"]["n_stable"] > 0
     assert set(geo["tasks"]) == {t.name for t in load_tasks()} and "any_label" in geo
     assert "vs untrained@2" in cap.out and "hidden-cohort" in cap.out
+    assert f"below copy at {cur['drift']['hours_below_copy']}/48 hours" in cap.out
     assert "| cur | 2 |" in (out / "report.md").read_text()
 
 

@@ -13,7 +13,7 @@ import torch
 from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
 from clin_jepa.evaluation.baselines import hourly_inputs, last_value_features
-from clin_jepa.evaluation.drift import converges, copy_forward, drift_curve, drift_summary
+from clin_jepa.evaluation.drift import converges, copy_forward, drift_curve, drift_summary, rollout_verdict
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.geometry import DETERIORATING, STABLE, UNDEFINED, per_task_ratios
 from clin_jepa.evaluation.ground_truth import FILE_NAME, hidden_cohorts, read_ground_truth
@@ -36,6 +36,14 @@ def test_copy_baseline_and_what_converges_means():
     assert not converges(rising, copy_curve + 0.5)
     s = drift_summary(good, np.full(48, 4), copy_curve + 1e-3)
     assert s["converges"] and s["hours_below_copy"] == 48 and s["copy_late"] > s["copy_early"]
+    assert rollout_verdict(s) == "below copy at 48/48 hours, converges"
+    # one hour short of copying and above it everywhere both fail to converge; the count tells them apart
+    first_hour_short = good.copy()
+    first_hour_short[0] = copy_curve[0] + 1.0
+    assert rollout_verdict(drift_summary(first_hour_short, np.full(48, 4), copy_curve + 1e-3)) == (
+        "below copy at 47/48 hours, does not converge")
+    assert rollout_verdict(drift_summary(uniformly_bad, np.full(48, 4), copy_curve)).startswith(
+        "below copy at 0/48 hours")
 
 
 def test_per_task_ratio_compares_positives_with_stays_negative_for_every_task():

@@ -63,6 +63,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from clin_jepa.data.concepts import use_catalog
     from clin_jepa.evaluation.baselines import GRUSettings
+    from clin_jepa.evaluation.drift import rollout_verdict
     from clin_jepa.evaluation.report import fmt
     from clin_jepa.evaluation.runner import EvalSettings, evaluate
 
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         paired = "" if not p else f" ({fmt(p['diff'], sign=True)} ± {fmt(p['diff_sd'])} vs {p['untrained']})"
         print(f"  {label}: mean AUROC {fmt(m['probes']['mean_auroc'])}{paired}, displacement per task "
               f"{fmt(g['displacement_per_task'])}{hidden}, drift L1 late {fmt(d['late'])} (copy "
-              f"{fmt(d['copy_late'])}, {'converges' if d['converges'] else 'does not converge'})")
+              f"{fmt(d['copy_late'])}; {rollout_verdict(d)})")
     for label, m in metrics["baselines"].items():
         print(f"  {label}: mean AUROC {fmt(m['probes']['mean_auroc'])}")
     return 0

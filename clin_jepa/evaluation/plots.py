@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first: no display on servers)
 import numpy as np  # noqa: E402
 
+from clin_jepa.evaluation.drift import rollout_verdict  # noqa: E402
 from clin_jepa.evaluation.geometry import DETERIORATING, STABLE  # noqa: E402
 
 COHORT_STYLE = ((STABLE, "tab:blue", "stable"), (DETERIORATING, "tab:red", "deteriorating"))
@@ -47,8 +48,7 @@ def plot_drift(metrics: Mapping[str, Any]) -> bytes:
         colour = f"C{i % 10}"
         curve = _curve(m["drift"]["curve"])
         hours = np.arange(1, len(curve) + 1)
-        tag = "converges" if m["drift"].get("converges") else "does not converge"
-        ax.plot(hours, curve, color=colour, label=f"{label} ({tag})")
+        ax.plot(hours, curve, color=colour, label=f"{label} ({rollout_verdict(m['drift'])})")
         if m["drift"].get("copy_curve") is not None:
             ax.plot(hours, _curve(m["drift"]["copy_curve"]), color=colour, ls=":", lw=1)
     ax.set_xlabel("horizon hour after the 24 h prediction time")
