@@ -13,11 +13,12 @@ import torch
 from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
 from clin_jepa.evaluation.baselines import hourly_inputs, last_value_features
-from clin_jepa.evaluation.drift import converges, copy_forward, drift_curve, drift_summary, rollout_verdict
+from clin_jepa.evaluation.drift import converges, copy_forward, drift_curve, drift_summary
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.geometry import DETERIORATING, STABLE, UNDEFINED, per_task_ratios
 from clin_jepa.evaluation.ground_truth import FILE_NAME, hidden_cohorts, read_ground_truth
 from clin_jepa.evaluation.paired import group_of, mean_sd, summarize
+from clin_jepa.evaluation.plots import rollout_verdict
 from clin_jepa.evaluation.probes import bootstrap_mean_auroc
 
 

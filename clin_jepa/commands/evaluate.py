@@ -63,7 +63,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from clin_jepa.data.concepts import use_catalog
     from clin_jepa.evaluation.baselines import GRUSettings
-    from clin_jepa.evaluation.drift import rollout_verdict
+    from clin_jepa.evaluation.plots import rollout_verdict
     from clin_jepa.evaluation.report import fmt
     from clin_jepa.evaluation.runner import EvalSettings, evaluate
 

@@ -89,18 +89,6 @@ def drift_summary(curve: np.ndarray, counts: np.ndarray, copy_curve: np.ndarray)
             "early_hours": list(EARLY), "late_hours": list(LATE)}
 
 
-def rollout_verdict(summary: dict) -> str:
-    """One phrase for a :func:`drift_summary`: how many hours beat copying, and whether it converges.
-
-    "does not converge" alone reads as a diverging rollout, but a model one hour short of copying and a
-    model above it everywhere both earn it; the count tells them apart.
-    """
-    hours = len(summary["curve"])
-    below = summary.get("hours_below_copy")
-    counted = "" if below is None else f"below copy at {below}/{hours} hours, "
-    return counted + ("converges" if summary.get("converges") else "does not converge")
-
-
 Predictor = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 

@@ -12,7 +12,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first: no display on servers)
 import numpy as np  # noqa: E402
 
-from clin_jepa.evaluation.drift import rollout_verdict  # noqa: E402
 from clin_jepa.evaluation.geometry import DETERIORATING, STABLE  # noqa: E402
 
 COHORT_STYLE = ((STABLE, "tab:blue", "stable"), (DETERIORATING, "tab:red", "deteriorating"))
@@ -38,6 +37,20 @@ def _png(fig: plt.Figure) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def rollout_verdict(summary: Mapping[str, Any]) -> str:
+    """One phrase for a :func:`~clin_jepa.evaluation.drift.drift_summary`: how many hours beat copying, and
+    whether it converges (the drift plot's legend and ``clin-jepa evaluate``'s summary line). It lives here,
+    not in the torch-importing drift module, so reports and plots load without torch.
+
+    "does not converge" alone reads as a diverging rollout, but a model one hour short of copying and a
+    model above it everywhere both earn it; the count tells them apart.
+    """
+    hours = len(summary["curve"])
+    below = summary.get("hours_below_copy")
+    counted = "" if below is None else f"below copy at {below}/{hours} hours, "
+    return counted + ("converges" if summary.get("converges") else "does not converge")
 
 
 def plot_drift(metrics: Mapping[str, Any]) -> bytes:
