@@ -33,7 +33,8 @@ class LossConfig:
     ``obs_weight`` the observation head's forecast of the next hours' value bins; ``context_mask`` is the
     probability that each observed value is hidden from ``E`` (not from ``Ē``) in phases that train
     ``E``; ``value_jitter`` the probability that each observed value ``E`` sees (after that hiding) moves
-    one bin up or down (off by default: it raised displacement at a small cost in AUROC, not to 2.0).
+    one bin up or down (0.25 by default: at 3 x 1000 patients it raised displacement by 0.19 on average
+    at no AUROC cost, the rollout still below copying at every hour).
     ``jepa_to_encoder=False`` stops the latent-prediction gradient at ``E``'s output (the control
     that shows how much of the gain is the auxiliary forecast alone). The hinge is off by default
     (``collapse_weight`` 0; its value is still logged as the ``collapse`` monitor): a floor on each stay's
@@ -48,7 +49,7 @@ class LossConfig:
     horizon_weight: float = 1.0
     obs_weight: float = 0.5
     context_mask: float = 0.4
-    value_jitter: float = 0.0
+    value_jitter: float = 0.25
     jepa_to_encoder: bool = True
 
     def __post_init__(self) -> None:
