@@ -12,6 +12,7 @@ need no self-supervised training:
 * ``noiseless values`` — every measurement's true value per hour, standardized (no noise, no gaps);
 * ``model inputs`` — the hourly inputs every model reads (``clin_jepa.data.features.sequence_inputs``:
   carried-forward values, measured flags, hours since, treatments), standardized;
+* ``treatments`` — the treatment indicators alone: how far the care given moves with deterioration;
 * ``state estimate`` — a ridge regression from the model inputs to the hidden state, fitted on the
   training stays' hours (supervised by the truth no model is given), from this hour's inputs alone and
   with causal 3–24 h averages of the carried-forward levels: how much of the state a linear read-out of
@@ -58,7 +59,7 @@ def representations(seed: int, n_patients: int, n_sites: int, work: Path, trees:
 
     cfgs, disc, sites = fresh_sites(work, n_sites, n_patients, seed, HOURS)
     every: dict[str, list[np.ndarray]] = {"hidden state": [], "noiseless values": [], "model inputs": [],
-                                          "mask": [], "split": []}
+                                          "treatments": [], "mask": [], "split": []}
     meta: dict[str, list] = {"labels": [], "hidden": []}
     for i, (profile, cfg, st) in enumerate(zip(hospital_profiles(n_sites), cfgs, sites, strict=True)):
         h = simulate_site(profile, i, n_patients, seed)  # the same stream synthesize drew the site from
@@ -68,6 +69,7 @@ def representations(seed: int, n_patients: int, n_sites: int, work: Path, trees:
         every["hidden state"].append(h.course.state[idx, :HOURS])
         every["noiseless values"].append(np.stack([h.course.truth[c][idx, :HOURS] for c in MEASUREMENTS], -1))
         every["model inputs"].append(sequence_inputs(st.bins, st.treat, st.time, disc.n_bins, HOURS))
+        every["treatments"].append(st.treat[:, :HOURS])
         every["mask"].append(st.mask)
         every["split"].append(st.split)
         sub = st.subset("held_out")
@@ -78,7 +80,7 @@ def representations(seed: int, n_patients: int, n_sites: int, work: Path, trees:
     pooled = {k: np.concatenate(v) for k, v in every.items()}
     held = pooled["split"] == SPLIT_CODE["held_out"]
     fit = pooled["split"] == SPLIT_CODE["train"]
-    names = ("hidden state", "noiseless values", "model inputs")
+    names = ("hidden state", "noiseless values", "model inputs", "treatments")
     reps = {k: pooled[k][held].astype(np.float64) for k in names}
     reps.update(state_estimates(pooled["model inputs"], pooled["hidden state"], pooled["mask"], fit, held,
                                 len(disc.concepts), trees))
@@ -161,6 +163,23 @@ def table(reps: dict[str, np.ndarray], meta: dict) -> list[tuple[str, dict]]:
     return rows
 
 
+def gap_lines(reps: dict[str, np.ndarray], meta: dict) -> list[str]:
+    """Per representation (standardized), the window-distance curve of stable and sick stays: what the
+    trained latent's curve (bench/latent_geometry.py) is to be read against."""
+    from latent_geometry import gap_curve
+
+    from clin_jepa.evaluation import geometry
+
+    groups = {"stable": geometry.cohorts(meta["labels"]) == geometry.STABLE,
+              "sick": (np.nan_to_num(meta["labels"], nan=0.0) > 0.5).any(axis=1)}
+    lines = []
+    for name, x in reps.items():
+        curve = gap_curve(standardized(x, meta["mask"]), meta["mask"], groups)
+        lines.append(f"  gap curve (stable / sick), {name}: " + ", ".join(
+            f"{g:+d} h {curve['stable'][g][0]:.2f} / {curve['sick'][g][0]:.2f}" for g in curve["stable"]))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="data seeds")
@@ -168,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="keep the hospitals here (default: a temp dir)")
     p.add_argument("--trees", action="store_true", help="also a boosted-tree state estimate (minutes)")
+    p.add_argument("--gaps", action="store_true",
+                   help="also each representation's gap curve (bench/latent_geometry.py), standardized")
     args = p.parse_args(argv)
     for seed in args.seeds:
         if args.work:
@@ -183,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in table(reps, meta):
             print(f"  {name:44s} {r['per_task']:8.3f} {r['hidden']:7.3f}   "
                   + " ".join(f"{v:8.2f}" for v in r["tasks"].values()))
+        if args.gaps:
+            print("\n".join(gap_lines(reps, meta)))
     return 0
 
 

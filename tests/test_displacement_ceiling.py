@@ -40,6 +40,8 @@ def test_representations_join_every_held_out_stay_to_its_simulated_course(tmp_pa
     rows = dict(dc.table(reps, meta))
     assert rows["hidden state"]["hidden"] > 1.5
     assert set(rows) == {f"{k}{s}" for k in reps for s in ("", ", layer-normed")}
+    gaps = dc.gap_lines(reps, meta)
+    assert len(gaps) == len(reps) and all(" / " in line and "+24 h" in line for line in gaps)
 
 
 def test_causal_averages_halve_the_distance_to_a_step_in_one_half_life():
