@@ -32,10 +32,11 @@ class LossConfig:
     ``horizon_weight`` scores P's look-ahead predictions (the model's ``horizons``: t+3, t+6, t+12);
     ``obs_weight`` the observation head's forecast of the next hours' value bins; ``context_mask`` is the
     probability that each observed value is hidden from ``E`` (not from ``Ē``) in phases that train
-    ``E``; ``value_jitter`` the probability that each observed value ``E`` sees (after that hiding) moves
-    one bin up or down (0.25 by default: at 3 x 1000 patients it raised displacement by 0.19 on average
-    at -0.001 mean AUROC, the rollout still below copying at every hour; at 3 x 300 the federated run
-    lost 0.006 to it).
+    ``E``; ``concept_dropout`` the probability that a concept is hidden from ``E`` for the whole stay;
+    ``value_jitter`` the probability that each observed value ``E`` sees (after that hiding) moves up or
+    down by 1..``jitter_bins`` bins. Jitter 0.25 by one bin raised displacement by 0.19 on average at
+    -0.001 mean AUROC (3 x 1000 patients); concept dropout 0.1 with jitter of up to two bins (the
+    defaults since 2026-12-04) took it from 1.90 to 2.02 at -0.008 mean AUROC, still above the GRU.
     ``jepa_to_encoder=False`` stops the latent-prediction gradient at ``E``'s output (the control
     that shows how much of the gain is the auxiliary forecast alone). The hinge is off by default
     (``collapse_weight`` 0; its value is still logged as the ``collapse`` monitor): a floor on each stay's
@@ -50,7 +51,9 @@ class LossConfig:
     horizon_weight: float = 1.0
     obs_weight: float = 0.5
     context_mask: float = 0.4
+    concept_dropout: float = 0.1
     value_jitter: float = 0.25
+    jitter_bins: int = 2
     jepa_to_encoder: bool = True
 
     def __post_init__(self) -> None:
@@ -59,9 +62,12 @@ class LossConfig:
         if min(self.rollout_weight, self.collapse_weight, self.collapse_floor, self.horizon_weight,
                self.obs_weight) < 0:
             raise ConfigError("loss: weights and collapse_floor must be >= 0")
-        for name in ("context_mask", "value_jitter"):
+        for name in ("context_mask", "concept_dropout", "value_jitter"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"loss.{name}: a probability in [0, 1) expected, got {getattr(self, name)}")
+        if self.jitter_bins < 1:
+            raise ConfigError(f"loss.jitter_bins: the largest jitter step, >= 1 bin expected, got "
+                              f"{self.jitter_bins}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from clin_jepa.curriculum import HARD_SYNC, CurriculumConfig, Phase, StepPlan
-from clin_jepa.data.features import hide_observations, jitter_observations
+from clin_jepa.data.features import hide_concepts, hide_observations, jitter_observations
 from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import ClinJEPA
 from clin_jepa.monitors import embedding_monitors, parameter_drift
@@ -177,11 +177,11 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
 
 
 def _context_batch(batch: Batch, cfg: LossConfig | None, n_bins: int, seed: int, step: int) -> Batch:
-    if cfg is None or (cfg.context_mask <= 0.0 and cfg.value_jitter <= 0.0):
+    if cfg is None or max(cfg.context_mask, cfg.concept_dropout, cfg.value_jitter) <= 0.0:
         return batch
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
-    bins = hide_observations(batch["bins"], cfg.context_mask, gen)
-    return {**batch, "bins": jitter_observations(bins, cfg.value_jitter, n_bins, gen)}
+    bins = hide_concepts(hide_observations(batch["bins"], cfg.context_mask, gen), cfg.concept_dropout, gen)
+    return {**batch, "bins": jitter_observations(bins, cfg.value_jitter, n_bins, gen, cfg.jitter_bins)}
 
 
 def _plan_metrics(plan: StepPlan) -> dict[str, float]:

@@ -6,6 +6,7 @@ import torch
 from clin_jepa.data.features import (
     SINCE_CAP_H,
     carry_forward,
+    hide_concepts,
     hide_observations,
     jitter_observations,
     sequence_inputs,
@@ -63,6 +64,26 @@ def test_jittered_values_move_one_bin_within_range_and_gaps_stay_gaps():
     assert 0.2 < (middle == 4).float().mean() < 0.3 and 0.2 < (middle == 6).float().mean() < 0.3
     assert set(moved[:, 0, 0].tolist()) == {1, 2} and set(moved[:, 2, 0].tolist()) == {9, 10}
     assert torch.equal(jitter_observations(bins, 0.0, 10), bins)
+
+
+def test_jitter_of_up_to_two_bins_takes_both_step_sizes_equally_often():
+    bins = torch.full((2000, 1, 1), 5)
+    moved = jitter_observations(bins, 0.5, 10, torch.Generator().manual_seed(0), max_step=2)[:, 0, 0]
+    steps = (moved - 5).abs()
+    assert set(steps.tolist()) == {0, 1, 2}
+    assert 0.2 < (steps == 1).float().mean() < 0.3 and 0.2 < (steps == 2).float().mean() < 0.3
+    edge = jitter_observations(torch.full((500, 1, 1), 1), 0.9, 10, torch.Generator().manual_seed(1), 2)
+    assert edge.min() >= 1 and set(edge.flatten().tolist()) <= {1, 2, 3}
+
+
+def test_hidden_concepts_are_hidden_for_the_whole_stay_and_nothing_else_is():
+    bins = torch.randint(1, 11, (300, 48, 16))
+    out = hide_concepts(bins, 0.25, torch.Generator().manual_seed(0))
+    gone = (out == 0).all(dim=1)  # (stay, concept) hidden at every hour
+    assert torch.equal((out == 0), gone.unsqueeze(1).expand_as(out))  # no value hidden on its own
+    assert 0.2 < gone.float().mean() < 0.3
+    assert torch.equal(out[~gone.unsqueeze(1).expand_as(out)], bins[~gone.unsqueeze(1).expand_as(out)])
+    assert torch.equal(hide_concepts(bins, 0.0), bins)
 
 
 def test_sequence_inputs_shape():

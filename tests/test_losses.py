@@ -104,11 +104,16 @@ def test_observation_loss_is_the_mean_cross_entropy_of_the_measured_future_cells
     assert float(got[2]) == 0.0  # a one-hour stay has no future cell to score
 
 
-@pytest.mark.parametrize("field", ["context_mask", "value_jitter"])
+@pytest.mark.parametrize("field", ["context_mask", "concept_dropout", "value_jitter"])
 @pytest.mark.parametrize("value", [-0.1, 1.0])
 def test_context_corruption_probabilities_outside_0_1_are_refused(field, value):
     with pytest.raises(ConfigError, match=f"loss.{field}"):
         LossConfig(**{field: value})
+
+
+def test_a_jitter_step_below_one_bin_is_refused():
+    with pytest.raises(ConfigError, match="loss.jitter_bins"):
+        LossConfig(jitter_bins=0)
 
 
 @pytest.mark.parametrize("field", ["rollout_weight", "collapse_weight", "horizon_weight", "obs_weight"])

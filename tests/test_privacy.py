@@ -89,7 +89,7 @@ def test_dp_step_is_the_mean_of_per_sample_clipped_gradients(mode, rollout, phas
     clip = 0.05
     # the reference sees the full context; ghost clipping allows one predictor pass per step, which
     # horizon heads keep with the look-ahead terms on
-    loss_cfg = LossConfig(rollout_steps=rollout, context_mask=0.0, value_jitter=0.0,
+    loss_cfg = LossConfig(rollout_steps=rollout, context_mask=0.0, concept_dropout=0.0, value_jitter=0.0,
                           horizon_weight=float(mode != "ghost" or heads))
     expected = _clipped_mean_by_autograd(model, batch, loss_cfg, phase, clip)
     params = [p for name in phase.trainable for p in getattr(model, name).parameters()]

@@ -173,17 +173,21 @@ def test_the_finalize_phase_trains_the_longer_rollout_and_only_it():
     assert CurriculumSchedule(off, 10).at(9).rollout_steps == 0  # 0 = the loss's rollout_steps
 
 
+@pytest.mark.parametrize("corruption", ["value_jitter", "concept_dropout"])
 @pytest.mark.parametrize("first_phase", [True, False])
-def test_value_jitter_changes_training_only_in_phases_that_train_the_encoder(first_phase):
+def test_context_corruption_changes_training_only_in_phases_that_train_the_encoder(first_phase, corruption):
     """Warmup (step 0 of 20) trains P alone on E's uncorrupted context; joint (step 5) trains E on the
-    jittered one: the same step with and without jitter must agree in the first and differ in the second."""
+    jittered one or the one with concepts hidden: the same step with and without it must agree in the
+    first and differ in the second."""
     from clin_jepa.losses import LossConfig
 
     step = 0 if first_phase else 5
     runs = []
-    for jitter in (0.0, 0.5):
+    for prob in (0.0, 0.5):
         model, cfg, opt = _setup()
+        loss_cfg = LossConfig(**{"context_mask": 0.0, "value_jitter": 0.0, "concept_dropout": 0.0,
+                                 corruption: prob})
         train_steps(model, _batches(model.cfg, step), opt, CurriculumSchedule(cfg, 20), step, 1,
-                    loss_cfg=LossConfig(context_mask=0.0, value_jitter=jitter))
+                    loss_cfg=loss_cfg)
         runs.append(model)
     assert _equal(runs[0].predictor, runs[1].predictor) == first_phase

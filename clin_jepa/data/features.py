@@ -62,9 +62,23 @@ def hide_observations(bins: torch.Tensor, prob: float,
     return bins * keep
 
 
+def hide_concepts(bins: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Drop every value of each concept, for the whole stay, with probability ``prob`` per (stay, concept).
+
+    A context encoder that must forecast a stay without one of its concepts infers it from the concepts
+    that move with it: the shared direction along which deteriorating stays separate from stable ones
+    (docs/displacement.md).
+    """
+    if prob <= 0.0:
+        return bins
+    keep = torch.rand((bins.shape[0], 1, bins.shape[2]), generator=generator, device=bins.device) >= prob
+    return bins * keep
+
+
 def jitter_observations(bins: torch.Tensor, prob: float, n_bins: int,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Move each observed value one bin up or down with probability ``prob`` (staying within 1..n_bins).
+                        generator: torch.Generator | None = None, max_step: int = 1) -> torch.Tensor:
+    """Move each observed value up or down with probability ``prob`` by 1..``max_step`` bins (each step
+    size equally likely; staying within 1..n_bins).
 
     A one-bin step is about the size of a measurement's noise and its slow wander around the patient's
     level, so a context encoder asked to predict the same targets from jittered values learns to read
@@ -74,6 +88,8 @@ def jitter_observations(bins: torch.Tensor, prob: float, n_bins: int,
         return bins
     move = torch.rand(bins.shape, generator=generator, device=bins.device) < prob
     sign = torch.randint(0, 2, bins.shape, generator=generator, device=bins.device) * 2 - 1
+    if max_step > 1:
+        sign = sign * torch.randint(1, max_step + 1, bins.shape, generator=generator, device=bins.device)
     moved = (bins + sign * move.to(bins.dtype)).clamp(1, n_bins)
     return torch.where(bins > 0, moved, bins)
 
