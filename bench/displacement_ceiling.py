@@ -166,12 +166,9 @@ def table(reps: dict[str, np.ndarray], meta: dict) -> list[tuple[str, dict]]:
 def gap_lines(reps: dict[str, np.ndarray], meta: dict) -> list[str]:
     """Per representation (standardized), the window-distance curve of stable and sick stays: what the
     trained latent's curve (bench/latent_geometry.py) is to be read against."""
-    from latent_geometry import gap_curve
+    from latent_geometry import cohort_groups, gap_curve
 
-    from clin_jepa.evaluation import geometry
-
-    groups = {"stable": geometry.cohorts(meta["labels"]) == geometry.STABLE,
-              "sick": (np.nan_to_num(meta["labels"], nan=0.0) > 0.5).any(axis=1)}
+    groups = cohort_groups(meta["labels"])
     lines = []
     for name, x in reps.items():
         curve = gap_curve(standardized(x, meta["mask"]), meta["mask"], groups)

@@ -63,6 +63,15 @@ def gap_curve(z: np.ndarray, mask: np.ndarray, groups: dict[str, np.ndarray], ga
     return out
 
 
+def cohort_groups(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Row masks of the stays negative on every task ("stable") and positive for some task ("sick"), as
+    ``geometry.cohorts`` splits them."""
+    from clin_jepa.evaluation import geometry
+
+    split = geometry.cohorts(labels)
+    return {"stable": split == geometry.STABLE, "sick": split == geometry.DETERIORATING}
+
+
 def pca_ratios(z: np.ndarray, mask: np.ndarray, ratio, ks: tuple[int, ...] = PCA_KS
                ) -> list[tuple[int, float, float]]:
     """(k, share of variance in the top k directions, ``ratio`` of the projection) per k <= D."""
@@ -88,9 +97,7 @@ def diagnose(model, held) -> list[str]:
     lines = [f"  per task {ratio(z):.3f}"]
     lines.append("  PCA k (variance share): " + ", ".join(f"{k} ({s:.2f}) {r:.3f}"
                                                         for k, s, r in pca_ratios(z, held.mask, ratio)))
-    stable = geometry.cohorts(held.labels) == geometry.STABLE
-    sick = (np.nan_to_num(held.labels, nan=0.0) > 0.5).any(axis=1)
-    curve = gap_curve(z, held.mask, {"stable": stable, "sick": sick})
+    curve = gap_curve(z, held.mask, cohort_groups(held.labels))
     for name, points in curve.items():
         lines.append(f"  gap curve, {name}: " + ", ".join(f"{g:+d} h {d:.2f} (n={n})"
                                                          for g, (d, n) in points.items()))

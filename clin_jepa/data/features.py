@@ -56,10 +56,7 @@ def hide_observations(bins: torch.Tensor, prob: float,
     The hidden hour then carries the previous value forward and its measured flag is 0, exactly as if the
     value had not been drawn, so the context encoder must infer the patient's state from what remains.
     """
-    if prob <= 0.0:
-        return bins
-    keep = torch.rand(bins.shape, generator=generator, device=bins.device) >= prob
-    return bins * keep
+    return _drop(bins, prob, bins.shape, generator)
 
 
 def hide_concepts(bins: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -69,9 +66,15 @@ def hide_concepts(bins: torch.Tensor, prob: float, generator: torch.Generator | 
     that move with it: the shared direction along which deteriorating stays separate from stable ones
     (docs/displacement.md).
     """
+    return _drop(bins, prob, (bins.shape[0], 1, bins.shape[2]), generator)
+
+
+def _drop(bins: torch.Tensor, prob: float, shape: tuple[int, ...], generator: torch.Generator | None
+          ) -> torch.Tensor:
+    """Zero ``bins`` where a uniform draw of ``shape`` (broadcast over ``bins``) falls below ``prob``."""
     if prob <= 0.0:
         return bins
-    keep = torch.rand((bins.shape[0], 1, bins.shape[2]), generator=generator, device=bins.device) >= prob
+    keep = torch.rand(shape, generator=generator, device=bins.device) >= prob
     return bins * keep
 
 
