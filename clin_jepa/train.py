@@ -180,7 +180,8 @@ def _context_batch(batch: Batch, cfg: LossConfig | None, n_bins: int, seed: int,
     if cfg is None or max(cfg.context_mask, cfg.concept_dropout, cfg.value_jitter) <= 0.0:
         return batch
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
-    bins = hide_concepts(hide_observations(batch["bins"], cfg.context_mask, gen), cfg.concept_dropout, gen)
+    bins = hide_concepts(hide_observations(batch["bins"], cfg.context_mask, gen), cfg.concept_dropout, gen,
+                         cfg.concept_block_hours)
     return {**batch, "bins": jitter_observations(bins, cfg.value_jitter, n_bins, gen, cfg.jitter_bins)}
 
 

@@ -86,6 +86,21 @@ def test_hidden_concepts_are_hidden_for_the_whole_stay_and_nothing_else_is():
     assert torch.equal(hide_concepts(bins, 0.0), bins)
 
 
+def test_hidden_concept_blocks_cover_whole_blocks_and_differ_between_blocks():
+    bins = torch.randint(1, 11, (300, 50, 16))  # 50 hours: the last 6-hour block is cut to 2
+    out = hide_concepts(bins, 0.25, torch.Generator().manual_seed(0), block_hours=6)
+    gone = out == 0
+    blocks = [gone[:, s:s + 6] for s in range(0, 50, 6)]
+    for b in blocks:  # a block is hidden at all of its hours or at none
+        assert torch.equal(b.all(dim=1), b.any(dim=1))
+    per_block = torch.stack([b.all(dim=1) for b in blocks], dim=1)  # (stay, block, concept)
+    assert 0.2 < per_block.float().mean() < 0.3
+    assert (per_block.any(dim=1) & ~per_block.all(dim=1)).float().mean() > 0.5  # stale, then back
+    assert torch.equal(out[~gone], bins[~gone])
+    whole = hide_concepts(bins, 0.25, torch.Generator().manual_seed(0), block_hours=0)
+    assert torch.equal(whole, hide_concepts(bins, 0.25, torch.Generator().manual_seed(0)))
+
+
 def test_sequence_inputs_shape():
     bins = np.zeros((2, 72, 3), np.int16)
     x = sequence_inputs(bins, np.zeros((2, 72, 2), np.float32), np.zeros((2, 72, 4), np.float32), 4, 24)

@@ -111,9 +111,10 @@ def test_context_corruption_probabilities_outside_0_1_are_refused(field, value):
         LossConfig(**{field: value})
 
 
-def test_a_jitter_step_below_one_bin_is_refused():
-    with pytest.raises(ConfigError, match="loss.jitter_bins"):
-        LossConfig(jitter_bins=0)
+@pytest.mark.parametrize(("field", "value"), [("jitter_bins", 0), ("concept_block_hours", -1)])
+def test_a_jitter_step_below_one_bin_or_a_negative_block_is_refused(field, value):
+    with pytest.raises(ConfigError, match=f"loss.{field}"):
+        LossConfig(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["rollout_weight", "collapse_weight", "horizon_weight", "obs_weight"])

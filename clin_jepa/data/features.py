@@ -59,14 +59,22 @@ def hide_observations(bins: torch.Tensor, prob: float,
     return _drop(bins, prob, bins.shape, generator)
 
 
-def hide_concepts(bins: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Drop every value of each concept, for the whole stay, with probability ``prob`` per (stay, concept).
+def hide_concepts(bins: torch.Tensor, prob: float, generator: torch.Generator | None = None,
+                  block_hours: int = 0) -> torch.Tensor:
+    """Drop every value of each concept with probability ``prob`` per (stay, concept): for the whole stay,
+    or with ``block_hours`` > 0 per consecutive block of that many hours, so a hidden concept goes stale
+    for the block and then returns.
 
     A context encoder that must forecast a stay without one of its concepts infers it from the concepts
     that move with it: the shared direction along which deteriorating stays separate from stable ones
-    (docs/displacement.md).
+    (docs/displacement.md). Whole-stay hiding is what moved displacement most; 6-hour blocks keep more
+    of the probes' AUROC (docs/concept-dropout.md).
     """
-    return _drop(bins, prob, (bins.shape[0], 1, bins.shape[2]), generator)
+    n, t, c = bins.shape
+    if block_hours <= 0 or prob <= 0.0:
+        return _drop(bins, prob, (n, 1, c), generator)
+    keep = torch.rand((n, -(-t // block_hours), c), generator=generator, device=bins.device) >= prob
+    return bins * keep.repeat_interleave(block_hours, dim=1)[:, :t]
 
 
 def _drop(bins: torch.Tensor, prob: float, shape: tuple[int, ...], generator: torch.Generator | None
