@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from clin_jepa.errors import ConfigError
+from clin_jepa.errors import ConfigError, check_field_types
 
 PHASES = ("warmup", "joint", "align", "sync", "finalize")
 MODES = ("curriculum", "naive", "frozen-encoder", "no-ema")
@@ -97,6 +97,7 @@ class CurriculumConfig:
     finalize_rollout_steps: int = 6
 
     def __post_init__(self) -> None:
+        check_field_types(self, "curriculum")
         if self.mode not in MODES:
             raise ConfigError(f"curriculum.mode: {self.mode!r} is not one of {list(MODES)}")
         if len(self.fractions) != len(PHASES) or any(f < 0 for f in self.fractions):

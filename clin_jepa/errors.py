@@ -7,6 +7,10 @@ message as one paragraph with a non-zero exit; anything else is a bug and keeps 
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
+from typing import Any
+
 
 class ClinJepaError(Exception):
     """Base class: the message is written for the person who has to fix the input."""
@@ -33,3 +37,21 @@ class CheckpointError(ClinJepaError):
 
 class PrivacyBudgetExceeded(ClinJepaError):
     """A site's next round would spend more privacy budget than its config allows."""
+
+
+_KINDS: dict[str, type] = {"int": numbers.Integral, "float": numbers.Real, "bool": bool, "str": str}
+
+
+def check_field_types(config: Any, section: str) -> None:
+    """Refuse a config dataclass whose int/float/bool/str fields hold another kind of value.
+
+    A ``--set`` or YAML value of the wrong kind (``loss.context_mask=abc``, a fractional hour count) would
+    otherwise surface as a TypeError from the first comparison, or from torch in the middle of training;
+    here it names the key. numpy scalars count as numbers; bools are not numbers here.
+    """
+    for f in dataclasses.fields(config):
+        kind = _KINDS.get(str(f.type))
+        value = getattr(config, f.name)
+        wrong = kind is not None and not isinstance(value, kind)
+        if wrong or (kind not in (None, bool) and isinstance(value, bool)):
+            raise ConfigError(f"{section}.{f.name}: {f.type} expected, got {value!r}")

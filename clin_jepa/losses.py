@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clin_jepa.errors import ConfigError
+from clin_jepa.errors import ConfigError, check_field_types
 from clin_jepa.models.predictor import ALL_HORIZONS
 
 Predictor = Callable[..., torch.Tensor]
@@ -60,6 +60,7 @@ class LossConfig:
     jepa_to_encoder: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self, "loss")
         if self.rollout_steps < 1:
             raise ConfigError(f"loss.rollout_steps: must be >= 1, got {self.rollout_steps}")
         if min(self.rollout_weight, self.collapse_weight, self.collapse_floor, self.horizon_weight,

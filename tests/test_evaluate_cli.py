@@ -229,7 +229,12 @@ def test_set_overrides_reach_the_model_loss_and_curriculum(world, tmp_path, caps
     loss = ck.extra["trainer"]["loss"]
     assert loss["obs_weight"] == 0 and not loss["jepa_to_encoder"]
     assert ck.curriculum["lr"] == 0.002
-    for bad in ("loss.nope=1", "obs_weight=0", "model.horizons=[1]"):
+    wrong_kind = ("loss.context_mask=abc", "loss.concept_block_hours=6.5", "curriculum.lr=fast",
+                  "model.enc_layers=1.5")
+    for bad in ("loss.nope=1", "obs_weight=0", "model.horizons=[1]", *wrong_kind):
+        capsys.readouterr()
         assert main(["train", "--sites", *sites, "--out", str(tmp_path / "w"), "--steps", "0", "--preset",
                      "tiny", "--set", bad, "--no-progress"]) == 2, bad
         assert not (tmp_path / "w").exists()
+        if bad in wrong_kind:  # named, not a TypeError from deep inside
+            assert f"{bad.split('=')[0]}: " in capsys.readouterr().err, bad

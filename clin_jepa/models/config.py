@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from clin_jepa.errors import ConfigError
+from clin_jepa.errors import ConfigError, check_field_types
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class ModelConfig:
     encoder_clock: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model")
         for name in ("n_concepts", "n_bins", "n_time", "max_hours", "d_enc", "enc_layers", "enc_heads",
                      "d_pred", "pred_layers", "pred_heads", "mlp_ratio"):
             if getattr(self, name) < 1:
