@@ -50,8 +50,8 @@ def check_field_types(config: Any, section: str) -> None:
     here it names the key. numpy scalars count as numbers; bools are not numbers here.
     """
     for f in dataclasses.fields(config):
-        kind = _KINDS.get(str(f.type))
-        value = getattr(config, f.name)
+        name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        kind, value = _KINDS.get(name), getattr(config, f.name)
         wrong = kind is not None and not isinstance(value, kind)
         if wrong or (kind not in (None, bool) and isinstance(value, bool)):
-            raise ConfigError(f"{section}.{f.name}: {f.type} expected, got {value!r}")
+            raise ConfigError(f"{section}.{f.name}: {name} expected, got {value!r}")

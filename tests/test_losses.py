@@ -121,3 +121,34 @@ def test_a_jitter_step_below_one_bin_or_a_negative_block_is_refused(field, value
 def test_negative_loss_weights_are_refused(field):
     with pytest.raises(ConfigError, match="weights"):
         LossConfig(**{field: -0.1})
+
+
+@pytest.mark.parametrize(("section", "field", "value"), [
+    ("loss", "context_mask", "0.4"), ("loss", "concept_block_hours", 6.5), ("loss", "jepa_to_encoder", 1),
+    ("loss", "obs_weight", True), ("curriculum", "lr", "fast"), ("curriculum", "mode", 3),
+    ("model", "enc_layers", 1.5)])
+def test_config_values_of_the_wrong_kind_are_refused_by_key(section, field, value):
+    from clin_jepa.curriculum import CurriculumConfig
+    from clin_jepa.models.config import ModelConfig
+
+    config = {"loss": LossConfig, "curriculum": CurriculumConfig, "model": ModelConfig}[section]
+    with pytest.raises(ConfigError, match=f"^{section}.{field}: "):
+        config(**{field: value})
+
+
+def test_numpy_numbers_and_ints_for_floats_are_accepted_even_without_string_annotations():
+    import dataclasses
+
+    import numpy as np
+
+    from clin_jepa.errors import check_field_types
+
+    @dataclasses.dataclass
+    class Plain:  # this module's annotations are not strings: the check must still read the types
+        hours: int
+        rate: float
+
+    check_field_types(Plain(np.int64(3), 1), "plain")
+    assert LossConfig(value_jitter=np.float32(0.2), rollout_steps=np.int64(3)).rollout_steps == 3
+    with pytest.raises(ConfigError, match="plain.hours: "):
+        check_field_types(Plain(2.5, 1.0), "plain")
