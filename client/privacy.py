@@ -55,7 +55,8 @@ def train_round_with_dp(cfg: SiteConfig, dp: DPSettings, model: ClinJEPA, optimi
                                 rate=sample_rate(batch_size, n_patients(tensors)),
                                 planned_steps=fed.total_steps)
     metrics, _ = private_train_steps(model, optimizer, tensors, schedule, step0, n_steps, ledger=ledger,
-                                     settings=dp, expected_batch_size=batch_size, rnd=rnd, device=device)
+                                     settings=dp, expected_batch_size=batch_size, rnd=rnd, loss_cfg=fed.loss,
+                                     seed=fed.seed, device=device)
     return metrics
 
 

@@ -201,7 +201,7 @@ class Site:
         else:
             batches = infinite_batches(tensors, batch_size, fed.seed, start_step=schedule.step0)
             metrics, _ = train_steps(model, batches, opt, schedule, schedule.step0, n_steps,
-                                     device=device, log_every=n_steps, seed=fed.seed,
+                                     loss_cfg=fed.loss, device=device, log_every=n_steps, seed=fed.seed,
                                      on_log=lambda _s, m: monitors.update(m))
         self.keep_optimizer(opt, run_id, rnd)
         trained = {g: {k: v.numpy() for k, v in get_group_state(model, g).items()}

@@ -12,11 +12,15 @@ client-level DP every site weighs the same (Flower's accountant requires it).
 Robust aggregators tolerate ``aggregation-malicious`` = f hostile replies among those a round accepts
 only when enough honest ones are left; a round never updates with fewer than ``min-sites`` accepted
 replies, so ``min-sites`` must be at least the aggregator's requirement (:func:`required_replies`).
+
+Around the aggregate: :func:`norm_outliers` screens replies before it, :func:`server_step` moves the
+model by it, :func:`ema_update` moves the target encoder towards the result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -118,3 +122,49 @@ def server_step(current: Mapping[str, np.ndarray], averaged: Mapping[str, np.nda
             velocity[key] = v
         out[key] = (old + lr * v).astype(old.dtype)
     return out
+
+
+def ema_update(target: Mapping[str, np.ndarray], online: Mapping[str, np.ndarray],
+               momentum: float) -> dict[str, np.ndarray]:
+    """``m * target + (1 - m) * online`` per tensor; ``m = 0`` copies ``online``, ``m = 1`` keeps ``target``.
+
+    Integer buffers (if any) are copied from ``online``: they are counters, not weights.
+    """
+    if set(target) != set(online):
+        raise ConfigError(f"EMA: target and online tensors differ in names: "
+                          f"{sorted(set(target) ^ set(online))[:5]}")
+    out = {}
+    for k, t in target.items():
+        o = np.asarray(online[k])
+        if momentum == 0.0 or not np.issubdtype(o.dtype, np.floating):
+            out[k] = o.copy()
+        elif momentum == 1.0:
+            out[k] = np.asarray(t).copy()
+        else:
+            out[k] = (momentum * np.asarray(t, dtype=np.float64)
+                      + (1.0 - momentum) * o.astype(np.float64)).astype(o.dtype)
+    return out
+
+
+def norm_outliers(norms: Mapping[Any, float], ratio: float) -> dict[Any, str]:
+    """Replies whose update norm exceeds ``ratio`` × the median of the *other* replies' norms.
+
+    Comparing against the others (not a median that includes the candidate) flags one absurd update among
+    three or more. Two replies have no majority: a hostile site sending a zero update would make the honest
+    one look ``ratio`` times too large. When two disagree by more than ``ratio`` both are flagged (the round
+    learns nothing rather than the wrong thing). With a single reply nothing can be compared.
+    """
+    flagged = {}
+    for key, norm in norms.items():
+        others = [n for k, n in norms.items() if k != key]
+        if not others:
+            continue
+        ref = float(np.median(others))
+        if norm > ratio * max(ref, 1e-12):
+            flagged[key] = f"update norm {norm:.4g} > {ratio:g} x median of the others ({ref:.4g})"
+    if len(norms) == 2 and flagged:
+        (a, na), (b, nb) = norms.items()
+        why = (f"the two update norms ({na:.4g}, {nb:.4g}) differ by more than {ratio:g}x and two replies "
+               "have no majority to tell the outlier: both left out")
+        flagged = {a: why, b: why}
+    return flagged

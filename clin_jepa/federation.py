@@ -23,8 +23,17 @@ import numpy as np
 
 from clin_jepa.aggregation import check_aggregation
 from clin_jepa.config import TRANSPORT_DTYPES
-from clin_jepa.curriculum import HARD_SYNC, PHASES, CurriculumConfig, boundary_actions, lr_at, phase_at
+from clin_jepa.curriculum import (
+    HARD_SYNC,
+    MAX_ROLLOUT_STEPS,
+    PHASES,
+    CurriculumConfig,
+    boundary_actions,
+    lr_at,
+    phase_at,
+)
 from clin_jepa.errors import ConfigError
+from clin_jepa.losses import LossConfig
 from clin_jepa.privacy.planning import RunDPOverrides
 
 # The wire format of a round lives in clin_jepa.transport; its names stay importable from here.
@@ -71,6 +80,8 @@ class FederationConfig:
     num_rounds: int = 24
     local_steps: int = 10
     curriculum: CurriculumConfig = dataclasses.field(default_factory=federated_curriculum)
+    # the sites' training objective (run-config keys ``loss-<field>``), as `clin-jepa train --set loss.*`
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     preset: str = "wide"
     seed: int = 0
     checkpoint_dir: str = "runs/federated"
@@ -122,6 +133,9 @@ class FederationConfig:
                 raise ConfigError(f"run config {_kebab(name)}: must be >= 1, got {getattr(self, name)}")
         if self.n_bins < 2:
             raise ConfigError(f"run config n-bins: must be >= 2, got {self.n_bins}")
+        if self.loss.rollout_steps > MAX_ROLLOUT_STEPS:  # each step is one more predictor pass per batch
+            raise ConfigError(f"run config loss-rollout-steps: at most {MAX_ROLLOUT_STEPS}, "
+                              f"got {self.loss.rollout_steps}")
         if self.stop_after < 0:
             raise ConfigError(f"run config stop-after: must be >= 0 (0 = run all rounds), "
                               f"got {self.stop_after}")
@@ -207,17 +221,20 @@ class FederationConfig:
         if unknown:
             raise ConfigError(f"run config: unknown key(s) {unknown}; known keys: {sorted(_RUN_CONFIG_KEYS)}")
         kwargs: dict[str, Any] = {}
-        cur: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {"curriculum": {}, "loss": {}}
         for key, value in raw.items():
             target, typ = _RUN_CONFIG_KEYS[key]
             value = _coerce(key, value, typ)
-            if target.startswith("curriculum."):
-                cur[target.split(".", 1)[1]] = value
+            group, _, name = target.rpartition(".")
+            if group:
+                nested[group][name] = value
             else:
                 kwargs[target] = value
+        cur = nested["curriculum"]
         if "fractions" in cur:
             cur["fractions"] = _fractions(cur["fractions"])
         kwargs["curriculum"] = federated_curriculum(cur)
+        kwargs["loss"] = _run_loss(nested["loss"])
         if "site_configs" in kwargs:
             kwargs["site_configs"] = tuple(p.strip() for p in kwargs["site_configs"].split(",") if p.strip())
         return cls(**kwargs)
@@ -225,6 +242,7 @@ class FederationConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["curriculum"] = self.curriculum.to_dict()
+        d["loss"] = self.loss.to_dict()
         d["site_configs"] = list(self.site_configs)
         return d
 
@@ -232,6 +250,7 @@ class FederationConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> FederationConfig:
         d = dict(d)
         d["curriculum"] = federated_curriculum(d.get("curriculum"))
+        d["loss"] = LossConfig.from_dict(d.get("loss") or {})
         d["site_configs"] = tuple(d.get("site_configs", ()))
         return cls(**d)
 
@@ -249,11 +268,24 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
-# run-config key -> (FederationConfig field or "curriculum.<field>", type)
+def _field_type(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type), str)
+
+
+def _run_loss(values: dict[str, Any]) -> LossConfig:
+    try:
+        return LossConfig.from_dict(values)
+    except ConfigError as e:  # name the run-config key the coordinator typed, not the dataclass field
+        field, sep, why = str(e).partition(": ")
+        key = _kebab(field.replace(".", "-")) if field.startswith("loss.") else "loss-*"
+        raise ConfigError(f"run config {key}: {why if sep else e}") from None
+
+
+# run-config key -> (FederationConfig field, "curriculum.<field>" or "loss.<field>", type)
 _RUN_CONFIG_KEYS: dict[str, tuple[str, type]] = {
-    **{_kebab(f.name): (f.name, t) for f, t in (
-        (f, {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type), str))
-        for f in dataclasses.fields(FederationConfig) if f.name != "curriculum")},
+    **{_kebab(f.name): (f.name, _field_type(f))
+       for f in dataclasses.fields(FederationConfig) if f.name not in ("curriculum", "loss")},
+    **{f"loss-{_kebab(f.name)}": (f"loss.{f.name}", _field_type(f)) for f in dataclasses.fields(LossConfig)},
     "site-configs": ("site_configs", str),
     "mode": ("curriculum.mode", str),
     "phase-fractions": ("curriculum.fractions", str),
@@ -331,52 +363,6 @@ def plan_round(rnd: int, cfg: FederationConfig) -> RoundPlan:
         momentum=momentum,
         hard_sync=HARD_SYNC in boundary_actions(rnd - 1, rnd, cfg.num_rounds, cfg.curriculum),
         upload=upload, download=download)
-
-
-def ema_update(target: Mapping[str, np.ndarray], online: Mapping[str, np.ndarray],
-               momentum: float) -> dict[str, np.ndarray]:
-    """``m * target + (1 - m) * online`` per tensor; ``m = 0`` copies ``online``, ``m = 1`` keeps ``target``.
-
-    Integer buffers (if any) are copied from ``online``: they are counters, not weights.
-    """
-    if set(target) != set(online):
-        raise ConfigError(f"EMA: target and online tensors differ in names: "
-                          f"{sorted(set(target) ^ set(online))[:5]}")
-    out = {}
-    for k, t in target.items():
-        o = np.asarray(online[k])
-        if momentum == 0.0 or not np.issubdtype(o.dtype, np.floating):
-            out[k] = o.copy()
-        elif momentum == 1.0:
-            out[k] = np.asarray(t).copy()
-        else:
-            out[k] = (momentum * np.asarray(t, dtype=np.float64)
-                      + (1.0 - momentum) * o.astype(np.float64)).astype(o.dtype)
-    return out
-
-
-def norm_outliers(norms: Mapping[Any, float], ratio: float) -> dict[Any, str]:
-    """Replies whose update norm exceeds ``ratio`` × the median of the *other* replies' norms.
-
-    Comparing against the others (not a median that includes the candidate) flags one absurd update among
-    three or more. Two replies have no majority: a hostile site sending a zero update would make the honest
-    one look ``ratio`` times too large. When two disagree by more than ``ratio`` both are flagged (the round
-    learns nothing rather than the wrong thing). With a single reply nothing can be compared.
-    """
-    flagged = {}
-    for key, norm in norms.items():
-        others = [n for k, n in norms.items() if k != key]
-        if not others:
-            continue
-        ref = float(np.median(others))
-        if norm > ratio * max(ref, 1e-12):
-            flagged[key] = f"update norm {norm:.4g} > {ratio:g} x median of the others ({ref:.4g})"
-    if len(norms) == 2 and flagged:
-        (a, na), (b, nb) = norms.items()
-        why = (f"the two update norms ({na:.4g}, {nb:.4g}) differ by more than {ratio:g}x and two replies "
-               "have no majority to tell the outlier: both left out")
-        flagged = {a: why, b: why}
-    return flagged
 
 
 def sample_sites(nodes: list[int], rnd: int, cfg: FederationConfig) -> list[int]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clin_jepa.errors import ConfigError, check_field_types
 from clin_jepa.models.predictor import ALL_HORIZONS
@@ -177,6 +178,15 @@ def model_terms(model_cfg: Any, batch: dict[str, torch.Tensor]) -> dict[str, Any
     head)."""
     return {"horizons": tuple(model_cfg.horizons), "horizon_heads": bool(model_cfg.horizon_heads),
             "obs_bins": batch["bins"] if model_cfg.obs_horizons else None}
+
+
+def idle_heads(predictor: nn.Module, cfg: LossConfig) -> list[nn.Module]:
+    """The predictor's heads this objective never calls (look-ahead heads at ``horizon_weight`` 0, the
+    observation head at ``obs_weight`` 0). DP-SGD leaves them out: Opacus needs a per-sample gradient for
+    every parameter it trains, and an idle head has none."""
+    heads = ((getattr(predictor, "ahead", None), cfg.horizon_weight),
+             (getattr(predictor, "obs_head", None), cfg.obs_weight))
+    return [head for head, weight in heads if head is not None and weight == 0]
 
 
 def jepa_loss(predictor: Predictor, z: torch.Tensor, target: torch.Tensor, batch: dict[str, torch.Tensor],

@@ -60,6 +60,11 @@ _SAFE_KEYS = (
     "tracking-uri",
     # how often the server asks each site for an evaluation of the global model (aggregates only)
     "eval-every",
+    # the training objective: shapes only the shared model; its compute per step (one predictor pass per
+    # rollout step) is capped by the run config itself (curriculum.MAX_ROLLOUT_STEPS)
+    "loss-rollout-steps", "loss-rollout-weight", "loss-collapse-weight", "loss-collapse-floor",
+    "loss-horizon-weight", "loss-obs-weight", "loss-context-mask", "loss-concept-dropout",
+    "loss-concept-block-hours", "loss-value-jitter", "loss-jitter-bins", "loss-jepa-to-encoder",
 )
 RUN_CONFIG_RULES: dict[str, KeyRule] = {
     **{key: KeyRule(SAFE) for key in _SAFE_KEYS},

@@ -23,7 +23,7 @@ from torch import nn
 
 from clin_jepa.curriculum import HARD_SYNC, CurriculumConfig, Phase, StepPlan
 from clin_jepa.data.features import hide_concepts, hide_observations, jitter_observations
-from clin_jepa.losses import LossConfig, jepa_loss, layer_normed_targets, model_terms
+from clin_jepa.losses import LossConfig, idle_heads, jepa_loss, layer_normed_targets, model_terms
 from clin_jepa.models import ClinJEPA
 from clin_jepa.monitors import embedding_monitors, parameter_drift
 
@@ -64,10 +64,14 @@ def build_optimizer(model: ClinJEPA, cfg: CurriculumConfig,
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
 
-def set_trainable(model: ClinJEPA, phase: Phase) -> None:
+def set_trainable(model: ClinJEPA, phase: Phase, loss_cfg: LossConfig | None = None) -> None:
+    """The phase's groups train, less the heads ``loss_cfg`` never calls (``idle_heads``: they would get no
+    gradient anyway, and DP-SGD needs a per-sample gradient for every parameter it trains)."""
     model.encoder.requires_grad_(phase.trains_encoder)
     model.predictor.requires_grad_(phase.trains_predictor)
     model.target_encoder.requires_grad_(False)
+    for head in idle_heads(model.predictor, loss_cfg or LossConfig()):
+        head.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -127,7 +131,7 @@ def train_steps(model: ClinJEPA, batches: Iterator[Batch], optimizer: torch.opti
     for step in range(step0, step0 + n_steps):
         plan = schedule.at(step)
         apply_boundary(model, plan.actions)
-        set_trainable(model, plan.phase)
+        set_trainable(model, plan.phase, phase_loss(loss_cfg, plan))
         for group in optimizer.param_groups:
             group["lr"] = plan.lr
         if privacy is not None:

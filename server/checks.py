@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from clin_jepa.federation import norm_outliers, update_norm
+from clin_jepa.aggregation import norm_outliers
+from clin_jepa.federation import update_norm
 from clin_jepa.site_policy import REFUSED_CODE
 from server.privacy import budget_exhausted
 

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from clin_jepa.aggregation import server_step
+from clin_jepa.aggregation import ema_update, server_step
 from clin_jepa.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, verified_loads
 from clin_jepa.curriculum import STORED_DEFAULTS
 from clin_jepa.data.stats import Discretization
 from clin_jepa.data.tasks import load_tasks
 from clin_jepa.errors import CheckpointError, ConfigError
-from clin_jepa.federation import FederationConfig, RoundPlan, ema_update
+from clin_jepa.federation import FederationConfig, RoundPlan
 from clin_jepa.io import atomic_write_text
 from clin_jepa.models import GROUPS, ClinJEPA, ModelConfig, get_group_state, preset
 from clin_jepa.security.checkpoints import checkpoint_verifier, signing_context
@@ -37,8 +37,8 @@ METRICS = "metrics.jsonl"
 # Settings that define the schedule: a resumed run must agree on them or it would not continue the same run.
 # The DP settings belong to it: the sites planned their noise, and the earlier rounds were released, under
 # them (each site also pins its own DP settings and min-patients per run: client.privacy).
-SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "preset", "seed", "n_bins", "hours", "batch_size",
-                 "dp_central", "dp_noise_multiplier", "dp_clipping_norm", "dp_central_delta",
+SCHEDULE_KEYS = ("num_rounds", "local_steps", "curriculum", "loss", "preset", "seed", "n_bins", "hours",
+                 "batch_size", "dp_central", "dp_noise_multiplier", "dp_clipping_norm", "dp_central_delta",
                  "dp_sample_epsilon", "dp_sample_delta", "dp_sample_max_grad_norm",
                  "dp_sample_noise_multiplier", "dp_sample_mode", "dp_sample_accountant", "server_lr",
                  "server_momentum", "server_groups")
@@ -204,12 +204,10 @@ def resume_state(cfg: FederationConfig, directory: Path) -> ServerState:
     stored = {**stored, "curriculum": {**STORED_DEFAULTS, **(stored.get("curriculum") or {})}}
     old = FederationConfig.from_dict(stored).to_dict()
     new = cfg.to_dict()
-    diff = [k for k in SCHEDULE_KEYS if old.get(k) != new.get(k)]
+    diff = _schedule_diff(old, new)
     if diff:
         raise ConfigError(f"resume-from {path}: the run config differs from the checkpoint's in "
-                          f"{', '.join(_kebab_list(diff))} "
-                          f"({', '.join(f'{old[k]!r} -> {new[k]!r}' for k in diff)}); "
-                          f"a resumed run must keep the schedule")
+                          f"{'; '.join(diff)}; a resumed run must keep the schedule")
     if ckpt.discretization is None:
         raise CheckpointError(f"{path}: checkpoint has no discretization")
     disc = Discretization.from_dict(ckpt.discretization)
@@ -234,5 +232,14 @@ def _velocity(stored: Any, groups: dict[str, dict[str, np.ndarray]], path: Path)
     return {str(k): v.numpy().astype(np.float64) for k, v in stored.items()}
 
 
-def _kebab_list(names: list[str]) -> list[str]:
-    return [n.replace("_", "-") for n in names]
+def _schedule_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key (old -> new)`` per schedule setting that differs; curriculum and loss field by field."""
+    out = []
+    for key in SCHEDULE_KEYS:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{f.replace('_', '-')} ({a.get(f)!r} -> {b.get(f)!r})"
+                    for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        elif a != b:
+            out.append(f"{key.replace('_', '-')} ({a!r} -> {b!r})")
+    return out

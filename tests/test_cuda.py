@@ -78,30 +78,17 @@ def test_compiled_networks_train_and_keep_their_wire_names(cuda):
 
 
 def test_a_site_round_on_the_gpu_returns_cpu_arrays(cuda, tmp_path):
-    from fixtures import random_events, write_meds, write_site_config
+    from site_round import site_round, small_site
 
-    from client.site import ServerSchedule, Site
-    from clin_jepa.config import load_site_config
-    from clin_jepa.curriculum import Phase
-    from clin_jepa.data.stats import quantile_edges
     from clin_jepa.federation import FederationConfig, decode_reply, encode_reply, plan_round, update_norm
-    from clin_jepa.models import get_group_state
 
-    data = write_meds(tmp_path / "data", random_events(16, seed=0, hours=40))
-    site = Site(load_site_config(write_site_config(tmp_path / "s.yaml", data, tmp_path / "state", site="s")))
+    site = small_site(tmp_path)
     fed = FederationConfig(device="cuda", preset="tiny", hours=30, batch_size=4, num_rounds=10,
                            local_steps=2)
     assert site.device(fed).type == "cuda"
-    disc = quantile_edges(site.statistics(), fed.n_bins)
-    model = ClinJEPA(preset("tiny"))
-    groups = {g: {k: v.numpy() for k, v in get_group_state(model, g).items()} for g in model.groups()}
-    plan = plan_round(2, fed)
-    phase = Phase(plan.phase, plan.phase_index, "encoder" in plan.upload, "predictor" in plan.upload,
-                  1.0, 0, 0)
-    schedule = ServerSchedule(phase, plan.lrs, plan.global_step)
-    trained, metrics = site.train_round(model.cfg, disc, groups, schedule, fed.local_steps, fed, "run", 2)
-    assert next(site.model(model.cfg, fed).parameters()).device.type == "cuda"
-    assert np.isfinite(metrics["loss"]) and set(trained) == set(plan.upload)
+    groups, trained, metrics = site_round(site, fed, 2)
+    assert next(site.model(preset("tiny"), fed).parameters()).device.type == "cuda"
+    assert np.isfinite(metrics["loss"]) and set(trained) == set(plan_round(2, fed).upload)
     sent = {f"{g}.{k}": v for g in trained for k, v in groups[g].items()}
     flat = {f"{g}.{k}": v for g, state in trained.items() for k, v in state.items()}
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in flat.values())

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
 
+from clin_jepa.aggregation import ema_update, norm_outliers
 from clin_jepa.curriculum import PHASES, CurriculumConfig
 from clin_jepa.errors import ConfigError
 from clin_jepa.federation import (
     FEDERATED_LR,
     RUN_CONFIG_KEYS,
     FederationConfig,
-    ema_update,
     join_groups,
-    norm_outliers,
     pack_arrays,
     plan_round,
     split_groups,
@@ -205,6 +204,9 @@ def test_server_state_moves_target_by_phase_and_resumes(tmp_path):
             np.testing.assert_array_equal(back.groups[g][k], v)
     with pytest.raises(ConfigError, match="local-steps"):
         resume_state(dataclasses.replace(cfg, local_steps=3), tmp_path)
+    with pytest.raises(ConfigError, match="loss"):  # another objective is another run
+        resume_state(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, concept_block_hours=6)),
+                     tmp_path)
     resume_state(dataclasses.replace(cfg, min_sites=1, round_timeout=5.0), tmp_path)  # not schedule: fine
 
 

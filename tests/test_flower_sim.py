@@ -152,6 +152,7 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path, flower, straight)
 
 def test_one_site_federated_loss_matches_centralized(tmp_path, flower):
     from clin_jepa.curriculum import CurriculumConfig
+    from clin_jepa.losses import LossConfig
     from clin_jepa.trainer import TrainerConfig, train_centralized
 
     sites = make_sites(tmp_path / "sites", 1, subjects=60)
@@ -160,11 +161,15 @@ def test_one_site_federated_loss_matches_centralized(tmp_path, flower):
     # A fixed small lr: the EMA-cadence difference below grows with how far E moves per step, and
     # the default lr is tuned for the benchmark, not for this comparison. No server momentum: with one
     # site, plain FedAvg is exactly the site's own trajectory.
+    # Not the default objective, on both sides: a site that trained the default one instead would
+    # differ from the first round (the observation term alone moves the loss by ~10 %).
     cfg = run_config(sites, out, **{"num-rounds": rounds, "local-steps": steps, "min-sites": 1,
-                                    "phase-fractions": fractions, "lr": 1e-3, "server-momentum": 0.0})
+                                    "phase-fractions": fractions, "lr": 1e-3, "server-momentum": 0.0,
+                                    "loss-obs-weight": 0.2, "loss-concept-block-hours": 6})
     check_run(flower.run(REPO, cfg, num_supernodes=1))
     central = tmp_path / "central"  # what `clin-jepa train` runs, with the same fractions
-    tcfg = TrainerConfig(preset="tiny", steps=rounds * steps, batch_size=8, log_every=steps, hours=48)
+    tcfg = TrainerConfig(preset="tiny", steps=rounds * steps, batch_size=8, log_every=steps, hours=48,
+                         loss=LossConfig(obs_weight=0.2, concept_block_hours=6))
     ccfg = CurriculumConfig(fractions=tuple(float(f) for f in fractions.split(",")), lr=1e-3)
     train_centralized([sites[0]], central, tcfg, ccfg, progress=False)
     fl = np.array([ln["sites"]["site0"]["loss"] for ln in read_lines(out)[1:]])

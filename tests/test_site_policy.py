@@ -52,6 +52,10 @@ SAFE_VALUES = {
     "finalize-rollout-steps": 6,
     "server-groups": "encoder,predictor",
     "concept-catalog": "/elsewhere/catalog.yaml", "tracking-uri": "off", "eval-every": 3,
+    "loss-rollout-steps": 24, "loss-rollout-weight": 2.0, "loss-collapse-weight": 1.0,
+    "loss-collapse-floor": 0.1, "loss-horizon-weight": 0.0, "loss-obs-weight": 0.0, "loss-context-mask": 0.5,
+    "loss-concept-dropout": 0.0, "loss-concept-block-hours": 6, "loss-value-jitter": 0.0,
+    "loss-jitter-bins": 1, "loss-jepa-to-encoder": False,
 }
 
 

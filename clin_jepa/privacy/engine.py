@@ -28,8 +28,10 @@ from torch import nn
 
 from clin_jepa.curriculum import Phase
 from clin_jepa.errors import ConfigError
+from clin_jepa.losses import LossConfig
 from clin_jepa.models import ClinJEPA
 from clin_jepa.privacy.planning import GRAD_SAMPLE_MODES
+from clin_jepa.train import set_trainable
 
 if TYPE_CHECKING:  # Opacus is imported where DP runs: it doubles the import time of every ClientApp process
     from opacus.grad_sample import GradSampleHooks
@@ -101,12 +103,14 @@ def _noise_generator(device: torch.device) -> torch.Generator:
 @contextlib.contextmanager
 def private_training(model: ClinJEPA, optimizer: torch.optim.Optimizer, phase: Phase, *,
                      noise_multiplier: float, max_grad_norm: float, expected_batch_size: int,
-                     mode: str = "hooks") -> Iterator[tuple[OpacusHook, DPOptimizer]]:
+                     mode: str = "hooks",
+                     loss_cfg: LossConfig | None = None) -> Iterator[tuple[OpacusHook, DPOptimizer]]:
     """Within the block, train ``phase``'s groups with DP-SGD: yields (privacy hook, DP optimizer).
 
     Pass both to ``train_steps`` (``optimizer=dp_optimizer, privacy=hook``) with batches drawn by Poisson
     sampling at rate ``expected_batch_size / N``. The phase must stay the same inside the block (the
-    hooks are attached to the modules trainable when it starts).
+    hooks are attached to the modules trainable when it starts: the phase's groups less the heads
+    ``loss_cfg`` never calls, as ``train_steps`` sets them).
     """
     from opacus.grad_sample import GradSampleHooks, GradSampleHooksFastGradientClipping
     from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
@@ -118,9 +122,7 @@ def private_training(model: ClinJEPA, optimizer: torch.optim.Optimizer, phase: P
                           f"size >= 1; got {noise_multiplier}, {max_grad_norm}, {expected_batch_size}")
     if not phase.trainable:
         raise ConfigError(f"phase {phase.name!r} trains no group: nothing to train under DP")
-    model.encoder.requires_grad_(phase.trains_encoder)
-    model.predictor.requires_grad_(phase.trains_predictor)
-    model.target_encoder.requires_grad_(False)
+    set_trainable(model, phase, loss_cfg)
     online = nn.ModuleDict({name: getattr(model, name) for name in phase.trainable})
     online.train()
     device = next(model.parameters()).device

@@ -71,7 +71,8 @@ def private_train_steps(model: ClinJEPA, optimizer: torch.optim.Optimizer, tenso
         wrapped = private_training(model, optimizer, schedule.at(first).phase,
                                    noise_multiplier=ledger.noise_multiplier,
                                    max_grad_norm=settings.max_grad_norm,
-                                   expected_batch_size=expected_batch_size, mode=settings.mode)
+                                   expected_batch_size=expected_batch_size, mode=settings.mode,
+                                   loss_cfg=phase_loss(loss_cfg, schedule.at(first)))
         with wrapped as (hook, dp_opt):
             part, step = train_steps(model, batches, dp_opt, schedule, first, length, privacy=hook,
                                      loss_cfg=loss_cfg, **train_kwargs)
