@@ -14,7 +14,8 @@
    first ``--local-seeds`` seeds. At most ``--jobs`` runs at once, one torch thread each.
    ``--train-args`` go to every centralized run (to judge a variant as the whole benchmark).
 3. ``federated@S`` under ``flwr run`` on a private SuperLink, rounds × local steps × sites = steps
-   (``--run-config`` adds run-config keys; train flags do not reach it), after step 2, without in-run
+   (``--run-config`` adds run-config keys; of the train flags only the objective reaches it, ``--set
+   loss.*`` and ``--rollout-steps`` as ``loss-*`` keys), after step 2, without in-run
    evaluation rounds (``eval-every = -1`` unless ``--run-config`` says otherwise). Run beside the
    centralized runs they over-subscribed the two cores (a `wide` curriculum run took 992 s at load 4
    against 358 s alone) for no clear gain, and a SIGTERM then orphaned the simulation (signal handlers
@@ -121,8 +122,23 @@ def run_config(text: str) -> dict[str, object]:
     return out
 
 
+def train_loss_keys(train_args: str) -> dict[str, object]:
+    """The objective in ``--train-args`` (``--set loss.<field>=V``, ``--rollout-steps``) as the federated
+    run's ``loss-<field>`` keys, so the federated run trains what its centralized twins train."""
+    from clin_jepa.commands.train import parse_overrides
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--rollout-steps", type=int)
+    known, _ = p.parse_known_args(shlex.split(train_args))
+    loss = parse_overrides([o for o in known.overrides if o.startswith("loss.")])["loss"]
+    if known.rollout_steps is not None:
+        loss["rollout_steps"] = known.rollout_steps
+    return {f"loss-{k.replace('_', '-')}": v for k, v in loss.items()}
+
+
 def federated(args: argparse.Namespace, configs: list[Path]) -> dict[str, Path]:
-    extra = run_config(args.run_config)
+    extra = {**train_loss_keys(args.train_args), **run_config(args.run_config)}
     return {f"federated@{s}": run_federated(args.out / "runs" / f"federated@{s}", configs, args.steps,
                                             args.local_steps, args.preset, s, args.batch_size,
                                             args.out / "logs", args.federated_timeout, extra)

@@ -76,6 +76,22 @@ def test_criteria_of_models_not_run_are_not_run():
     assert "not run  federated_vs_centralized: –" in verdicts(c)
 
 
+def test_the_train_args_objective_reaches_the_federated_run():
+    from learning import train_loss_keys
+
+    from clin_jepa.federation import FederationConfig
+    from clin_jepa.losses import LossConfig
+
+    keys = train_loss_keys("--lr 0.01 --set loss.concept_block_hours=6 --set model.obs_horizons=0 "
+                           "--rollout-steps 3 --set loss.jepa_to_encoder=false --set loss.context_mask=0")
+    assert keys == {"loss-concept-block-hours": 6, "loss-rollout-steps": 3, "loss-jepa-to-encoder": False,
+                    "loss-context-mask": 0}
+    fed = FederationConfig.from_run_config(keys)  # keys and values the run config takes as they are
+    assert fed.loss == LossConfig(concept_block_hours=6, rollout_steps=3, jepa_to_encoder=False,
+                                  context_mask=0.0)
+    assert train_loss_keys("--lr 0.01 --set curriculum.warmup=0.2") == {}
+
+
 @pytest.mark.slow
 def test_learning_benchmark_end_to_end_at_toy_size(tmp_path):
     """2 sites × 60 patients, 20 steps, 2 seeds, no Flower: the schema, then a rerun that trains nothing."""
