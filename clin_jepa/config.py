@@ -15,7 +15,7 @@ from typing import Any
 
 import re2
 
-from clin_jepa.errors import ConfigError
+from clin_jepa.errors import ConfigError, as_kind
 from clin_jepa.yamlfile import load_yaml_file
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -147,13 +147,11 @@ def _get(d: dict[str, Any], key: str, path: str, typ: type | tuple[type, ...], d
         if default is ...:
             raise ConfigError(f"{path}.{key}: required key is missing")
         return default
-    value = d[key]
-    if isinstance(typ, tuple) and float in typ and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or (isinstance(value, bool) and bool not in _as_tuple(typ)):
+    try:
+        return as_kind(d[key], typ)
+    except TypeError:
         names = "/".join(t.__name__ for t in _as_tuple(typ))
-        raise ConfigError(f"{path}.{key}: expected {names}, got {value!r}")
-    return value
+        raise ConfigError(f"{path}.{key}: expected {names}, got {d[key]!r}") from None
 
 
 def _as_tuple(typ: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -42,6 +42,19 @@ class PrivacyBudgetExceeded(ClinJepaError):
 _KINDS: dict[str, type] = {"int": numbers.Integral, "float": numbers.Real, "bool": bool, "str": str}
 
 
+def as_kind(value: Any, kinds: type | tuple[type, ...]) -> Any:
+    """``value`` as a config means it, or TypeError: an int where a float is asked becomes that float, and
+    a bool is never a number (``true`` for a count of hours is a mistake, not 1). Callers name the key."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise TypeError(f"a bool where {kinds} expected")
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kinds):
+        raise TypeError(f"{type(value).__name__} where {kinds} expected")
+    return value
+
+
 def check_field_types(config: Any, section: str) -> None:
     """Refuse a config dataclass whose int/float/bool/str fields hold another kind of value.
 
@@ -52,6 +65,9 @@ def check_field_types(config: Any, section: str) -> None:
     for f in dataclasses.fields(config):
         name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         kind, value = _KINDS.get(name), getattr(config, f.name)
-        wrong = kind is not None and not isinstance(value, kind)
-        if wrong or (kind not in (None, bool) and isinstance(value, bool)):
-            raise ConfigError(f"{section}.{f.name}: {name} expected, got {value!r}")
+        if kind is None:
+            continue
+        try:
+            as_kind(value, kind)
+        except TypeError:
+            raise ConfigError(f"{section}.{f.name}: {name} expected, got {value!r}") from None

@@ -32,7 +32,7 @@ from clin_jepa.curriculum import (
     lr_at,
     phase_at,
 )
-from clin_jepa.errors import ConfigError
+from clin_jepa.errors import ConfigError, as_kind
 from clin_jepa.losses import LossConfig
 from clin_jepa.privacy.planning import RunDPOverrides
 
@@ -303,11 +303,10 @@ RUN_CONFIG_KEYS: tuple[str, ...] = tuple(_RUN_CONFIG_KEYS)
 
 
 def _coerce(key: str, value: Any, typ: type) -> Any:
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
-        raise ConfigError(f"run config {key}: expected {typ.__name__}, got {value!r}")
-    return value
+    try:
+        return as_kind(value, typ)
+    except TypeError:
+        raise ConfigError(f"run config {key}: expected {typ.__name__}, got {value!r}") from None
 
 
 def _fractions(text: str) -> tuple[float, ...]:

@@ -87,3 +87,15 @@ def test_invalid_values_name_key_path_and_allowed_values(tmp_path: Path, raw: ob
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="site config file not found"):
         load_site_config(tmp_path / "nope.yaml")
+
+
+def test_one_rule_for_config_value_kinds():
+    # the rule site YAML, the run config and the config dataclasses share (clin_jepa.errors.as_kind)
+    from clin_jepa.errors import as_kind
+
+    assert as_kind(3, float) == 3.0 and type(as_kind(3, float)) is float
+    assert as_kind(3, (int, float)) == 3 and as_kind(None, (int, float, type(None))) is None
+    assert as_kind(True, bool) is True and as_kind(0.5, float) == 0.5
+    for value, kinds in [(True, int), (False, float), (True, (int, float)), ("3", float), (2.5, int)]:
+        with pytest.raises(TypeError):
+            as_kind(value, kinds)
