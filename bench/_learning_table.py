@@ -43,7 +43,9 @@ def runs_of(models: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "displacement_hidden": (g.get("hidden") or {}).get("ratio"),
                     "drift_abs": d["curve"], "copy_baseline": d.get("copy_curve"),
                     "drift_early": d["early"], "drift_late": d["late"], "converges": d.get("converges"),
-                    "hours_below_copy": d.get("hours_below_copy"), "checkpoint": m.get("checkpoint")})
+                    "hours_below_copy": d.get("hours_below_copy"),
+                    "hours_not_worse_than_copy": d.get("hours_not_worse_than_copy"),
+                    "checkpoint": m.get("checkpoint")})
     # reports split by seed merge in their own order; rows (and the table's per-seed lists) go by seed
     return sorted(out, key=lambda r: (r["seed"] is None, r["seed"] or 0))
 
@@ -135,7 +137,7 @@ def table(runs: list[dict], baselines: Mapping[str, Mapping[str, Any]]) -> str:
     """One Markdown table, mean ± sd across seeds per model."""
     head = ["model", "seeds", "mean AUROC", "trained − untrained per seed (± paired bootstrap sd)",
             "displacement per task", "hidden cohorts", "drift L1 early / late", "copy baseline late",
-            "hours below copy (min)", "converges"]
+            "hours below copy (min; not worse, paired 95 %)", "converges"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for model in dict.fromkeys(r["model"] for r in runs):
         rs = [r for r in runs if r["model"] == model]
@@ -143,6 +145,8 @@ def table(runs: list[dict], baselines: Mapping[str, Mapping[str, Any]]) -> str:
                            + (f" ± {r['paired_sd']:.3f}" if _ok(r.get("paired_sd")) else "")
                            for r in rs if _ok(r.get("paired_diff"))) or "–"
         below = _values(runs, model, "hours_below_copy")
+        tied = _values(runs, model, "hours_not_worse_than_copy")
+        hours = f"{int(min(below))}/{HORIZON}" + (f" ({int(min(tied))})" if tied else "") if below else "–"
         cells = [model, ",".join(str(r["seed"]) for r in rs),
                  fmt_pm(*mean_sd([r["mean_auroc"] for r in rs])[:2]), paired,
                  fmt_pm(*mean_sd([r["displacement_per_task"] for r in rs])[:2]),
@@ -150,7 +154,7 @@ def table(runs: list[dict], baselines: Mapping[str, Mapping[str, Any]]) -> str:
                  f"{fmt(mean_sd([r['drift_early'] for r in rs])[0])} / "
                  f"{fmt_pm(*mean_sd([r['drift_late'] for r in rs])[:2])}",
                  fmt(mean_sd([_late(r.get("copy_baseline")) for r in rs])[0]),
-                 f"{int(min(below))}/{HORIZON}" if below else "–",
+                 hours,
                  f"{sum(bool(r['converges']) for r in rs)}/{len(rs)}"]
         lines.append("| " + " | ".join(cells) + " |")
     for name, per_seed in baselines.items():

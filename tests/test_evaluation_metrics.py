@@ -8,7 +8,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from clin_jepa.evaluation.baselines import GRUSettings, gru_baseline, hourly_inputs, last_value_features
-from clin_jepa.evaluation.drift import autoregressive_rollout, drift_curve, relative_change
+from clin_jepa.evaluation.drift import (
+    autoregressive_rollout,
+    copy_gap,
+    drift_curve,
+    drift_summary,
+    relative_change,
+)
 from clin_jepa.evaluation.geometry import (
     DETERIORATING,
     STABLE,
@@ -64,6 +70,31 @@ def test_drift_curve_ignores_hours_outside_the_stay():
     valid[:, 47] = False
     curve, _ = drift_curve(pred, z, valid)
     assert np.isnan(curve[47])
+
+
+def test_copy_gap_is_paired_and_ties_are_not_losses():
+    rng = np.random.default_rng(0)
+    n, h, d = 400, 3, 8
+    target = rng.normal(size=(n, h, d))
+    copy = target + rng.normal(size=(n, h, d)) * rng.uniform(0.5, 3.0, size=(n, 1, 1))  # stays differ a lot
+    pred = copy.copy()
+    pred[:, 1] = target[:, 1] + (copy[:, 1] - target[:, 1]) * 0.9  # 10 % closer on every stay
+    pred[:, 2] = target[:, 2] + (copy[:, 2] - target[:, 2]) * 1.01  # 1 % further on every stay
+    valid = np.ones((n, h), bool)
+    valid[1:, 0] = False  # hour 1: a single stay, no spread to judge by
+    mean, se = copy_gap(pred, copy, target, valid)
+    err = lambda p: np.abs(p - target).mean(axis=2)  # noqa: E731
+    np.testing.assert_allclose(mean[1:], (err(pred) - err(copy)).mean(axis=0)[1:])
+    assert np.isnan(mean[0]) and np.isnan(se[0])
+    # pairing: the stays' own spread (x6 between them) cancels, so a 1 % loss on each is seen
+    assert mean[1] + 1.96 * se[1] < 0 and mean[2] - 1.96 * se[2] > 0
+    tie = copy_gap(copy, copy, target, np.ones((n, h), bool))
+    assert np.all(tie[0] == 0) and np.all(tie[1] == 0)
+    gap = (np.array([0.0, -0.1, 0.1, 0.001]), np.array([0.0, 0.01, 0.01, 0.01]))
+    summary = drift_summary(np.ones(4), np.full(4, 10), np.ones(4), gap)
+    # below copy (-0.1), an exact tie (0.0) and one within the interval (0.001) count; a loss the interval
+    # shows (0.1) does not
+    assert summary["hours_not_worse_than_copy"] == 3
 
 
 def test_relative_change_undefined_without_scale():

@@ -45,6 +45,10 @@ def test_copy_baseline_and_what_converges_means():
         "below copy at 47/48 hours, does not converge")
     assert rollout_verdict(drift_summary(uniformly_bad, np.full(48, 4), copy_curve)).startswith(
         "below copy at 0/48 hours")
+    # with the paired difference: the first hour a tie within its interval, so 48 hours are not worse
+    gap = (np.r_[1e-4, np.full(47, -0.01)], np.full(48, 1e-3))
+    assert rollout_verdict(drift_summary(first_hour_short, np.full(48, 4), copy_curve + 1e-3, gap)) == (
+        "below copy at 47/48 hours (48 not worse, paired 95 %), does not converge")
 
 
 def test_per_task_ratio_compares_positives_with_stays_negative_for_every_task():

@@ -15,11 +15,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _learning_table import baselines_of, criteria, runs_of, table, verdicts  # noqa: E402
 
 
-def _model(auroc, seed, diff=None, disp=2.5, late=0.2, below=48, copy=0.5):
+def _model(auroc, seed, diff=None, disp=2.5, late=0.2, below=48, copy=0.5, not_worse=None):
     m = {"seed": seed, "checkpoint": f"/x/{seed}", "probes": {"mean_auroc": auroc, "mean_auroc_sd": 0.02},
          "geometry": {"displacement_per_task": disp, "hidden": {"ratio": 4.0}},
          "drift": {"curve": [late] * 48, "copy_curve": [copy] * 48, "early": 0.3, "late": late,
-                   "converges": below == 48 and late <= 0.3, "hours_below_copy": below}}
+                   "converges": below == 48 and late <= 0.3, "hours_below_copy": below,
+                   "hours_not_worse_than_copy": below if not_worse is None else not_worse}}
     if diff is not None:
         m["paired"] = {"untrained": f"untrained@{seed}", "diff": diff, "diff_sd": 0.01}
     return m
@@ -34,7 +35,7 @@ def test_criteria_pass_and_fail_on_hand_made_numbers():
     models = {}
     for s in range(3):
         models[f"curriculum@{s}"] = _model(0.80, s, diff=0.05 if s else 0.02)  # seed 0 gains too little
-        models[f"naive@{s}"] = _model(0.75, s, diff=0.0, disp=1.5, late=0.25)
+        models[f"naive@{s}"] = _model(0.75, s, diff=0.0, disp=1.5, late=0.25, below=47 - s, not_worse=48)
         models[f"untrained@{s}"] = _model(0.75, s, disp=1.0, late=0.9, below=0)
         models[f"federated@{s}"] = _model(0.795, s, diff=0.045)
     models["local-a@0"] = _model(0.77, 0)
@@ -63,7 +64,8 @@ def test_criteria_pass_and_fail_on_hand_made_numbers():
     assert "PASS     rollout_below_copy_every_hour: 48 (needs >= 48)" in text
     md = table(runs, base)
     assert "| curriculum | 0,1,2 | 0.800 ± 0.000 | s0: +0.020 ± 0.010, s1: +0.050 ± 0.010" in md
-    assert "| untrained | 0,1,2 |" in md and "| 0/48 | 0/3 |" in md
+    assert "| untrained | 0,1,2 |" in md and "| 0/48 (0) | 0/3 |" in md
+    assert "| 45/48 (48) | 0/3 |" in md  # naive: the fewest hours below copy, none worse (paired)
     assert "| gru | 0,1,2 | 0.800 ± 0.010 |" in md
 
 

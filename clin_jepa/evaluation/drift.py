@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 EARLY = (1, 6)
 LATE = (43, 48)
+Z95 = 1.96  # two-sided 95 % normal quantile
 
 
 def drift_curve(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -30,14 +31,33 @@ def drift_curve(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tupl
     the mean absolute difference over D (the training loss's scale), averaged over the valid stays of each
     horizon. Returns (curve (H,), counts (H,)); a horizon with no valid stay is NaN.
     """
-    if pred.shape != target.shape or pred.shape[:2] != valid.shape:
-        raise ValueError(f"shape mismatch: pred {pred.shape}, target {target.shape}, valid {valid.shape}")
-    err = np.abs(pred.astype(np.float64) - target.astype(np.float64)).mean(axis=2)
+    err = _stay_l1(pred, target, valid)
     counts = valid.sum(axis=0)
     total = np.where(valid, err, 0.0).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
     return curve, counts
+
+
+def _stay_l1(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(N, H) mean absolute latent difference over D per stay and horizon hour."""
+    if pred.shape != target.shape or pred.shape[:2] != valid.shape:
+        raise ValueError(f"shape mismatch: pred {pred.shape}, target {target.shape}, valid {valid.shape}")
+    return np.abs(pred.astype(np.float64) - target.astype(np.float64)).mean(axis=2)
+
+
+def copy_gap(pred: np.ndarray, copy: np.ndarray, target: np.ndarray,
+             valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per horizon hour, the mean over valid stays of (rollout L1 − copy L1) on the same stay and its
+    standard error: a paired comparison, in which the spread between stays cancels. Negative = the
+    rollout is closer than copying. (H,) each; NaN where an hour has fewer than two stays."""
+    diff = np.where(valid, _stay_l1(pred, target, valid) - _stay_l1(copy, target, valid), 0.0)
+    n = valid.sum(axis=0).astype(np.float64)
+    enough = n >= 2
+    mean = np.where(enough, diff.sum(axis=0) / np.maximum(n, 1), np.nan)
+    sq = np.where(valid, (diff - np.nan_to_num(mean)) ** 2, 0.0).sum(axis=0)
+    se = np.where(enough, np.sqrt(sq / np.maximum(n - 1, 1) / np.maximum(n, 1)), np.nan)
+    return mean, se
 
 
 def relative_change(curve: np.ndarray, early: tuple[int, int] = EARLY, late: tuple[int, int] = LATE) -> float:
@@ -78,9 +98,18 @@ def converges(curve: np.ndarray, copy_curve: np.ndarray) -> bool:
     return bool(both.any() and np.all(c[both] < k[both]) and late <= early)
 
 
-def drift_summary(curve: np.ndarray, counts: np.ndarray, copy_curve: np.ndarray) -> dict:
-    """What the report shows of one rollout: absolute L1 per horizon hour beside the copy baseline."""
-    return {"curve": curve, "counts": counts, "copy_curve": copy_curve,
+def drift_summary(curve: np.ndarray, counts: np.ndarray, copy_curve: np.ndarray,
+                  gap: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """What the report shows of one rollout: absolute L1 per horizon hour beside the copy baseline, and
+    with ``gap`` (:func:`copy_gap`) the paired difference per hour and ``hours_not_worse_than_copy``: the
+    hours at which the 95 % interval of that difference reaches zero or below (a tie counts, a loss the
+    interval shows does not)."""
+    extra = {}
+    if gap is not None:
+        mean, se = gap
+        extra = {"copy_gap": mean, "copy_gap_se": se,
+                 "hours_not_worse_than_copy": int(np.sum(np.isfinite(mean) & (mean - Z95 * se <= 0)))}
+    return {**extra, "curve": curve, "counts": counts, "copy_curve": copy_curve,
             "relative_change": relative_change(curve),
             "early": window_mean(curve, EARLY), "late": window_mean(curve, LATE),
             "copy_early": window_mean(copy_curve, EARLY), "copy_late": window_mean(copy_curve, LATE),

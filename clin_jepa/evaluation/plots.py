@@ -49,7 +49,9 @@ def rollout_verdict(summary: Mapping[str, Any]) -> str:
     """
     hours = len(summary["curve"])
     below = summary.get("hours_below_copy")
-    counted = "" if below is None else f"below copy at {below}/{hours} hours, "
+    tied = summary.get("hours_not_worse_than_copy")
+    paired = "" if tied is None or tied == below else f" ({tied} not worse, paired 95 %)"
+    counted = "" if below is None else f"below copy at {below}/{hours} hours{paired}, "
     return counted + ("converges" if summary.get("converges") else "does not converge")
 
 

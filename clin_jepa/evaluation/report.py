@@ -96,7 +96,8 @@ def _checkpoint_table(metrics: Mapping[str, Any]) -> list[str]:
     tasks = metrics["data"]["tasks"]
     head = ["model", "mean AUROC (± bootstrap sd)", "trained − untrained (± paired sd)",
             "displacement per task", "hidden cohorts", "any label", "drift L1 1–6 h / 43–48 h",
-            "copy baseline 1–6 h / 43–48 h", "hours below copy", "drift change", "converges", *tasks]
+            "copy baseline 1–6 h / 43–48 h", "hours below copy (not worse, paired 95 %)", "drift change",
+            "converges", *tasks]
     lines = ["## Per checkpoint", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for label, m in metrics["models"].items():
         d, g, p = m["drift"], m["geometry"], m.get("paired")
@@ -105,7 +106,9 @@ def _checkpoint_table(metrics: Mapping[str, Any]) -> list[str]:
                  fmt(g.get("displacement_per_task")), fmt((g.get("hidden") or {}).get("ratio")),
                  fmt((g.get("any_label") or {}).get("ratio")), f"{fmt(d['early'])} / {fmt(d['late'])}",
                  f"{fmt(d.get('copy_early'))} / {fmt(d.get('copy_late'))}",
-                 f"{d.get('hours_below_copy', '–')}/{len(d['curve'])}", fmt(d["relative_change"], pct=True),
+                 f"{d.get('hours_below_copy', '–')}/{len(d['curve'])}"
+                 + (f" ({d['hours_not_worse_than_copy']})" if "hours_not_worse_than_copy" in d else ""),
+                 fmt(d["relative_change"], pct=True),
                  "yes" if d.get("converges") else "no", *(fmt(_auroc(m["probes"], t)) for t in tasks)]
         lines.append("| " + " | ".join(cells) + " |")
     for label, b in metrics.get("baselines", {}).items():

@@ -29,7 +29,7 @@ from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
 from clin_jepa.evaluation import geometry
 from clin_jepa.evaluation.baselines import GRUSettings, gru_baseline, hourly_inputs, last_value_features
-from clin_jepa.evaluation.drift import copy_forward, drift_curve, drift_summary
+from clin_jepa.evaluation.drift import copy_forward, copy_gap, drift_curve, drift_summary
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.loading import LoadedModel, check_against_data, load_models, load_sites
 from clin_jepa.evaluation.paired import SEED_SEP, find_pairs, probe_noise
@@ -98,7 +98,9 @@ def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: Ev
     valid = held.mask[:, horizon_slice]
     target = enc_held.target[:, horizon_slice]
     curve, counts = drift_curve(enc_held.rollout, target, valid)
-    copy_curve, _ = drift_curve(copy_forward(enc_held.copy, s.horizon), target, valid)
+    copied = copy_forward(enc_held.copy, s.horizon)
+    copy_curve, _ = drift_curve(copied, target, valid)
+    gap = copy_gap(enc_held.rollout, copied, target, valid)
     disp = geometry.displacement(enc_held.target, held.mask, s.context)
     any_label = geometry.cohorts(held.labels)
     geo = {**geometry.per_task_ratios(disp, held.labels, list(held.tasks)),
@@ -115,7 +117,8 @@ def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: Ev
                                probe_features(enc_held.target, s.context), held.labels,
                                list(held.tasks), s.bootstrap, s.seed, tuned)
     proj = geometry.projection_2d(enc_held.target, held.mask, s.context, s.seed)
-    metrics = {"drift": drift_summary(curve, counts, copy_curve), "geometry": geo, "probes": probes.to_dict()}
+    metrics = {"drift": drift_summary(curve, counts, copy_curve, gap), "geometry": geo,
+               "probes": probes.to_dict()}
     return ModelResult(metrics, (proj, held.mask, any_label if hidden is None else hidden), probes)
 
 
