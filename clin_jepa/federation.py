@@ -33,7 +33,7 @@ from clin_jepa.curriculum import (
     phase_at,
 )
 from clin_jepa.errors import ConfigError, as_kind
-from clin_jepa.losses import LossConfig
+from clin_jepa.loss_config import LossConfig
 from clin_jepa.privacy.planning import RunDPOverrides
 
 # The wire format of a round lives in clin_jepa.transport; its names stay importable from here.

@@ -7,6 +7,9 @@ twin was given: a variant judged on the learning benchmark compared two differen
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from clin_jepa.errors import ConfigError
 from clin_jepa.federation import FederationConfig
 from clin_jepa.losses import LossConfig
 
+REPO = Path(__file__).resolve().parents[1]
 BASE = {"preset": "tiny", "hours": 30, "batch_size": 4, "num_rounds": 10, "local_steps": 2}
 
 
@@ -71,3 +75,13 @@ def test_a_dp_site_round_trains_the_run_configs_objective(tmp_path, mode, loss):
     idle = {"predictor.ahead" if mode == "ghost" else "predictor.obs_head"}
     assert {k.rsplit(".", 1)[0] for k in changed} & idle == set()  # untrained, not noised
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("predictor.") for k in changed)
+
+
+def test_the_clientapp_and_the_run_config_load_without_torch():
+    # A simulation loads the ClientApp in its driver before Ray starts, and every worker parses the run
+    # config on each message; torch (~1 s, hundreds of MB) waits for the first training round.
+    code = ("import sys, client.client_app, clin_jepa.federation, clin_jepa.site_policy; "
+            "print(sorted(m for m in ('torch', 'opacus') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
