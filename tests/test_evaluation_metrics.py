@@ -14,6 +14,7 @@ from clin_jepa.evaluation.drift import (
     drift_curve,
     drift_summary,
     relative_change,
+    rollout_against_copy,
 )
 from clin_jepa.evaluation.geometry import (
     DETERIORATING,
@@ -88,6 +89,12 @@ def test_copy_gap_is_paired_and_ties_are_not_losses():
     assert np.isnan(mean[0]) and np.isnan(se[0])
     # pairing: the stays' own spread (x6 between them) cancels, so a 1 % loss on each is seen
     assert mean[1] + 1.96 * se[1] < 0 and mean[2] - 1.96 * se[2] > 0
+    curve, counts, copy_curve, gap = rollout_against_copy(pred, copy, target, valid)  # one pass, same figures
+    np.testing.assert_array_equal(curve, drift_curve(pred, target, valid)[0])
+    np.testing.assert_array_equal(copy_curve, drift_curve(copy, target, valid)[0])
+    np.testing.assert_array_equal(counts, valid.sum(axis=0))
+    np.testing.assert_array_equal(gap[0][1:], mean[1:])
+    np.testing.assert_array_equal(gap[1][1:], se[1:])
     tie = copy_gap(copy, copy, target, np.ones((n, h), bool))
     assert np.all(tie[0] == 0) and np.all(tie[1] == 0)
     gap = (np.array([0.0, -0.1, 0.1, 0.001]), np.array([0.0, 0.01, 0.01, 0.01]))

@@ -31,7 +31,10 @@ def drift_curve(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> tupl
     the mean absolute difference over D (the training loss's scale), averaged over the valid stays of each
     horizon. Returns (curve (H,), counts (H,)); a horizon with no valid stay is NaN.
     """
-    err = _stay_l1(pred, target, valid)
+    return _hour_means(_stay_l1(pred, target, valid), valid)
+
+
+def _hour_means(err: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     counts = valid.sum(axis=0)
     total = np.where(valid, err, 0.0).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -51,7 +54,20 @@ def copy_gap(pred: np.ndarray, copy: np.ndarray, target: np.ndarray,
     """Per horizon hour, the mean over valid stays of (rollout L1 − copy L1) on the same stay and its
     standard error: a paired comparison, in which the spread between stays cancels. Negative = the
     rollout is closer than copying. (H,) each; NaN where an hour has fewer than two stays."""
-    diff = np.where(valid, _stay_l1(pred, target, valid) - _stay_l1(copy, target, valid), 0.0)
+    return _paired_gap(_stay_l1(pred, target, valid), _stay_l1(copy, target, valid), valid)
+
+
+def rollout_against_copy(pred: np.ndarray, copy: np.ndarray, target: np.ndarray, valid: np.ndarray,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(curve, counts, copy curve, :func:`copy_gap`) with each stay's L1 computed once (the (N, H, D)
+    differences are the costly part at hospital scale)."""
+    err, err_copy = _stay_l1(pred, target, valid), _stay_l1(copy, target, valid)
+    curve, counts = _hour_means(err, valid)
+    return curve, counts, _hour_means(err_copy, valid)[0], _paired_gap(err, err_copy, valid)
+
+
+def _paired_gap(err: np.ndarray, err_copy: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    diff = np.where(valid, err - err_copy, 0.0)
     n = valid.sum(axis=0).astype(np.float64)
     enough = n >= 2
     mean = np.where(enough, diff.sum(axis=0) / np.maximum(n, 1), np.nan)

@@ -29,7 +29,7 @@ from clin_jepa.data.tokenize import SiteTensors
 from clin_jepa.errors import DataValidationError
 from clin_jepa.evaluation import geometry
 from clin_jepa.evaluation.baselines import GRUSettings, gru_baseline, hourly_inputs, last_value_features
-from clin_jepa.evaluation.drift import copy_forward, copy_gap, drift_curve, drift_summary
+from clin_jepa.evaluation.drift import copy_forward, drift_summary, rollout_against_copy
 from clin_jepa.evaluation.embed import encode, probe_features
 from clin_jepa.evaluation.loading import LoadedModel, check_against_data, load_models, load_sites
 from clin_jepa.evaluation.paired import SEED_SEP, find_pairs, probe_noise
@@ -97,10 +97,8 @@ def measure(model: torch.nn.Module, train: SiteTensors, held: SiteTensors, s: Ev
     horizon_slice = slice(s.context, s.context + s.horizon)
     valid = held.mask[:, horizon_slice]
     target = enc_held.target[:, horizon_slice]
-    curve, counts = drift_curve(enc_held.rollout, target, valid)
     copied = copy_forward(enc_held.copy, s.horizon)
-    copy_curve, _ = drift_curve(copied, target, valid)
-    gap = copy_gap(enc_held.rollout, copied, target, valid)
+    curve, counts, copy_curve, gap = rollout_against_copy(enc_held.rollout, copied, target, valid)
     disp = geometry.displacement(enc_held.target, held.mask, s.context)
     any_label = geometry.cohorts(held.labels)
     geo = {**geometry.per_task_ratios(disp, held.labels, list(held.tasks)),
